@@ -1,0 +1,238 @@
+"""The one seam: a framework-neutral view of an image classifier.
+
+Everything outside ``workbench.adapters`` talks to models through :class:`ModelAdapter`
+with numpy arrays in NHWC float32 *model-input space* (already resized and
+preprocessed with the adapter's preset). Framework code lives in the subclasses,
+which import torch / tensorflow when they are constructed, never at import time.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import threading
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import LayerError, ModelRejected
+from ..preprocess import Preset, get_preset
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerInfo:
+    name: str  # as the adapter names it; pass it back to layer_gradients()
+    kind: str  # class name, e.g. Conv2d / Conv2D
+    output_shape: tuple[int, ...]  # channels-last, without the batch dimension
+    order: int  # position in the forward pass (last call)
+
+    @property
+    def spatial(self) -> bool:
+        return len(self.output_shape) == 3 and (self.output_shape[0] > 1 or self.output_shape[1] > 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    framework: str  # "pytorch" | "keras"
+    source_format: str  # "keras", "h5", "onnx", "safetensors", "state_dict", "zoo", ...
+    input_size: tuple[int, int, int]  # H, W, C
+    num_classes: int
+    labels: tuple[str, ...]
+    output_kind: str  # "logits" | "probabilities"
+    device: str
+    parameters: int
+    layout: str  # the model's own tensor layout: NCHW or NHWC
+    preset: str
+    fingerprint: str  # sha256 of the model bytes (or zoo name + weights hash)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerPass:
+    """Result of :meth:`ModelAdapter.layer_gradients` (channels-last arrays)."""
+
+    outputs: np.ndarray  # [N, K] model outputs
+    activations: np.ndarray  # [N, h, w, c]
+    gradients: np.ndarray  # [N, h, w, c]  d outputs[n, target[n]] / d activations
+
+
+def default_labels(num_classes: int) -> tuple[str, ...]:
+    return tuple(f"class {k}" for k in range(num_classes))
+
+
+def choose_cam_layer(layers: Sequence[LayerInfo]) -> str:
+    """The last layer (in forward order) with a spatial 4-D output, i.e. before global pooling.
+
+    Several layers can end at the same tensor (a residual block and its last ReLU);
+    the one that finishes last — the outermost block — wins, as pytorch-grad-cam advises.
+    """
+    spatial = [layer for layer in layers if layer.spatial]
+    if not spatial:
+        raise LayerError("This model has no layer with a spatial (H x W x C) output, so CAM methods cannot run.")
+    return max(spatial, key=lambda layer: layer.order).name
+
+
+def detect_output_kind(outputs: np.ndarray) -> str:
+    rows = np.asarray(outputs, dtype=np.float64)
+    if rows.size and np.all(rows >= -1e-6) and np.all(rows <= 1 + 1e-6) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3):
+        return "probabilities"
+    return "logits"
+
+
+class ModelAdapter(abc.ABC):
+    """Framework-neutral classifier. Subclasses implement the ``_``-free primitives below."""
+
+    framework: str = ""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        source_format: str,
+        input_size: tuple[int, int, int],
+        labels: Sequence[str] | None,
+        preset: str,
+        fingerprint: str,
+        layout: str,
+    ):
+        self.name = name
+        self.source_format = source_format
+        self.input_size = tuple(int(v) for v in input_size)
+        self.preset: Preset = get_preset(preset)
+        self.fingerprint = fingerprint
+        self.layout = layout
+        self._labels = tuple(labels) if labels else None
+        # One lock per loaded model: every call that attaches hooks or patches layers holds it.
+        self.lock = threading.RLock()
+        self._num_classes: int | None = None
+        self._output_kind: str | None = None
+        self._layers: tuple[LayerInfo, ...] | None = None
+
+    # ------------------------------------------------------------------ primitives
+    @abc.abstractmethod
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """[N, H, W, C] model input -> [N, K] outputs as the model gives them (logits or probabilities)."""
+
+    @abc.abstractmethod
+    def input_gradients(self, batch: np.ndarray, targets: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """-> (outputs [N, K], d outputs[n, targets[n]] / d input [N, H, W, C])."""
+
+    @abc.abstractmethod
+    def layer_gradients(self, batch: np.ndarray, layer: str, targets: Sequence[int]) -> LayerPass:
+        """Activations and gradients of a named layer; input gradients are not computed."""
+
+    @abc.abstractmethod
+    def layer_activations(self, batch: np.ndarray, layer: str) -> tuple[np.ndarray, np.ndarray]:
+        """-> (outputs [N, K], activations [N, h, w, c]) without any gradient."""
+
+    @abc.abstractmethod
+    def _trace_layers(self) -> list[LayerInfo]:
+        """Run one test input and record every layer's output shape in forward order."""
+
+    @abc.abstractmethod
+    def parameter_count(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def device(self) -> str:
+        """Human-readable device, e.g. 'cpu' or 'cuda:0 (NVIDIA H100)'."""
+
+    def is_out_of_memory(self, error: BaseException) -> bool:
+        """True for the framework's device out-of-memory error."""
+        return False
+
+    def free_memory(self) -> None:
+        """Release cached device memory after an out-of-memory error."""
+
+    # ------------------------------------------------------------------ derived
+    def test_input(self, n: int = 1, seed: int = 0) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        unit = rng.random((n, *self.input_size), dtype=np.float32)
+        return self.preset.apply(unit)
+
+    def validate(self) -> None:
+        """Raise ModelRejected unless a test input gives finite [batch, classes] outputs."""
+        try:
+            out = self.predict(self.test_input(2))
+        except ModelRejected:
+            raise
+        except Exception as exc:  # the model's own failure, reported in one line
+            raise ModelRejected(
+                f"The model failed on a {self.input_size[0]}x{self.input_size[1]}x{self.input_size[2]} test input "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); check the input size."
+            ) from exc
+        out = np.asarray(out)
+        if out.ndim != 2 or out.shape[0] != 2:
+            raise ModelRejected(
+                f"The model outputs shape {tuple(out.shape)} for a batch of 2; an image classifier must output "
+                "[batch, classes]."
+            )
+        if not np.all(np.isfinite(out)):
+            raise ModelRejected("The model outputs NaN or infinite scores on a test input.")
+        self._num_classes = int(out.shape[1])
+        self._output_kind = detect_output_kind(out)
+        if self._labels is not None and len(self._labels) != self._num_classes:
+            raise ModelRejected(
+                f"The labels file has {len(self._labels)} labels but the model has {self._num_classes} classes."
+            )
+
+    def _ensure_validated(self) -> None:
+        if self._num_classes is None:
+            self.validate()
+
+    @property
+    def num_classes(self) -> int:
+        self._ensure_validated()
+        return self._num_classes  # type: ignore[return-value]
+
+    @property
+    def output_kind(self) -> str:
+        self._ensure_validated()
+        return self._output_kind  # type: ignore[return-value]
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self._labels or default_labels(self.num_classes)
+
+    def with_labels(self, labels: Sequence[str] | None) -> None:
+        if labels is not None and len(labels) != self.num_classes:
+            raise ModelRejected(f"The labels file has {len(labels)} labels but the model has {self.num_classes} classes.")
+        self._labels = tuple(labels) if labels else None
+
+    def set_preset(self, preset: str) -> None:
+        self.preset = get_preset(preset)
+
+    def layers(self) -> tuple[LayerInfo, ...]:
+        if self._layers is None:
+            with self.lock:
+                self._layers = tuple(self._trace_layers())
+        return self._layers
+
+    def layer(self, name: str) -> LayerInfo:
+        for info in self.layers():
+            if info.name == name:
+                return info
+        raise LayerError(f"No layer named {name!r}; pick one from the layers table.")
+
+    def default_cam_layer(self) -> str:
+        return choose_cam_layer(self.layers())
+
+    def info(self) -> ModelInfo:
+        return ModelInfo(
+            name=self.name,
+            framework=self.framework,
+            source_format=self.source_format,
+            input_size=self.input_size,  # type: ignore[arg-type]
+            num_classes=self.num_classes,
+            labels=self.labels,
+            output_kind=self.output_kind,
+            device=self.device,
+            parameters=self.parameter_count(),
+            layout=self.layout,
+            preset=self.preset.name,
+            fingerprint=self.fingerprint,
+        )
+
+    def prepare(self, unit_images: np.ndarray) -> np.ndarray:
+        """[N, H, W, C] pixels in [0, 1] at the model's input size -> model input."""
+        return self.preset.apply(unit_images)

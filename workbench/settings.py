@@ -1,0 +1,94 @@
+"""Operator settings, read from the environment or a TOML file — never from the UI.
+
+Every setting has an environment variable ``WORKBENCH_<NAME>`` and a key in the
+optional TOML file named by ``WORKBENCH_CONFIG`` (default ``./workbench.toml``)::
+
+    trusted_formats = false      # allow pickled nn.Module, TorchScript, SavedModel
+    max_images_per_run = 16
+    ...
+
+The environment wins over the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from pathlib import Path
+
+from .errors import UnsafeEnvironment
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    trusted_formats: bool = False
+    # image intake
+    max_image_pixels: int = 40_000_000
+    min_image_side: int = 16
+    # model intake
+    max_model_bytes: int = 1024 * 1024 * 1024
+    max_zip_entries: int = 10_000
+    max_zip_uncompressed: int = 4 * 1024 * 1024 * 1024
+    # explainer caps
+    max_images_per_run: int = 16
+    max_ig_steps: int = 512
+    max_shap_evals: int = 5000
+    max_smoothgrad_samples: int = 200
+    max_expected_gradients_samples: int = 2000
+    # memory budget for one chunk of model calls, in MiB of input tensors
+    chunk_budget_mb: int = 256
+    # storage and sharing
+    data_dir: str = "./data"
+    database_url: str = ""
+    public_base_url: str = "http://localhost:8501"
+    retention_days: int = 30
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_path / 'workbench.sqlite3').resolve()}"
+
+
+def _coerce(field: dataclasses.Field, raw):
+    kind = type(field.default)
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        return str(raw).strip().lower() in {"1", "true", "yes", "on"}
+    if kind is int:
+        return int(raw)
+    return str(raw)
+
+
+def load_settings(environ: dict | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    values: dict = {}
+    config = Path(env.get("WORKBENCH_CONFIG", "workbench.toml"))
+    if config.is_file():
+        with config.open("rb") as fh:
+            values.update(tomllib.load(fh))
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    for name, field in fields.items():
+        key = f"WORKBENCH_{name.upper()}"
+        if key in env:
+            values[name] = env[key]
+    return Settings(**{k: _coerce(fields[k], v) for k, v in values.items() if k in fields})
+
+
+def get_settings() -> Settings:
+    """Settings as of now (cheap; re-read so tests and operators can change the environment)."""
+    return load_settings()
+
+
+def check_environment(environ: dict | None = None) -> None:
+    """Refuse to start when the environment disables PyTorch's safe loading."""
+    env = os.environ if environ is None else environ
+    if env.get("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"):
+        raise UnsafeEnvironment(
+            "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD is set, which lets any uploaded .pt file run code; "
+            "unset it to start the workbench."
+        )

@@ -80,3 +80,59 @@ class Attribution:
         values = {k: summary[k] for k in keys if k in summary}
         values["notes"] = tuple(values.get("notes", ()))
         return cls(map=map, channels=channels, **values)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ExplainedImage:
+    """One image of a comparison, as the model saw it."""
+
+    name: str
+    sha256: str  # of the uploaded bytes
+    pixels: np.ndarray  # float32 H x W x C in [0, 1], resized to the model's input size (for display)
+    target: int
+    target_label: str
+    notes: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Comparison:
+    """Methods x images for one model: what the grid shows, the store saves and a share link reopens.
+
+    ``results[i][j]`` is the :class:`Attribution` of ``methods[j]`` on ``images[i]``.
+    ``model`` is the adapter's :class:`~workbench.adapters.ModelInfo` as a dict.
+    """
+
+    model: Mapping[str, Any]
+    images: tuple[ExplainedImage, ...]
+    methods: tuple[str, ...]
+    results: tuple[tuple[Attribution, ...], ...]
+    seed: int
+    versions: Mapping[str, str]
+    created: float  # unix time
+    run_id: str | None = None
+    owner: str | None = None
+
+    def result(self, image_index: int, method: str) -> Attribution:
+        return self.results[image_index][self.methods.index(method)]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "owner": self.owner,
+            "created": self.created,
+            "seed": self.seed,
+            "model": dict(self.model),
+            "methods": list(self.methods),
+            "versions": dict(self.versions),
+            "images": [
+                {
+                    "name": im.name,
+                    "sha256": im.sha256,
+                    "target": im.target,
+                    "target_label": im.target_label,
+                    "notes": list(im.notes),
+                    "results": [r.summary() for r in row],
+                }
+                for im, row in zip(self.images, self.results)
+            ],
+        }

@@ -1,0 +1,258 @@
+"""Keras 3 (TensorFlow backend) implementation of :class:`ModelAdapter`."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import threading
+from typing import Iterator, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import keras  # noqa: E402
+
+from ..errors import LayerError, ModelRejected, ParameterError  # noqa: E402
+from .base import LayerInfo, LayerPass, ModelAdapter  # noqa: E402
+
+DEFAULT_INPUT_SIZE = (224, 224, 3)
+_growth_lock = threading.Lock()
+_growth_done = False
+
+
+def enable_memory_growth() -> None:
+    """Let TensorFlow take GPU memory as needed so PyTorch can share the card. Runs once per process."""
+    global _growth_done
+    with _growth_lock:
+        if _growth_done:
+            return
+        for gpu in tf.config.list_physical_devices("GPU"):
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except RuntimeError:  # already initialised: growth can no longer be changed
+                pass
+        _growth_done = True
+
+
+def resolve_device(device: str) -> str:
+    gpus = tf.config.list_logical_devices("GPU")
+    if device in (None, "", "auto"):
+        return "/GPU:0" if gpus else "/CPU:0"
+    if device.startswith(("cuda", "gpu", "GPU", "/GPU")):
+        if not gpus:
+            raise ParameterError("A GPU was requested but TensorFlow sees none; use --device cpu.")
+        index = device.split(":")[-1] if ":" in device else "0"
+        return f"/GPU:{index}"
+    if device in ("cpu", "CPU", "/CPU:0"):
+        return "/CPU:0"
+    raise ParameterError(f"Unknown device {device!r}; use auto, cpu or cuda.")
+
+
+def _walk(model: "keras.Model", prefix: str = "") -> Iterator[tuple[str, "keras.layers.Layer"]]:
+    """Every layer, nested models included, named by its path ('outer/inner')."""
+    for layer in model.layers:
+        path = f"{prefix}{layer.name}"
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        yield path, layer
+        if isinstance(layer, keras.Model):
+            yield from _walk(layer, prefix=f"{path}/")
+
+
+def _layout(input_shape) -> str:
+    # channels_first when the second axis looks like channels and the last does not
+    if len(input_shape) == 4 and input_shape[1] in (1, 3, 4) and input_shape[-1] not in (1, 3, 4):
+        return "NCHW"
+    return "NHWC"
+
+
+class KerasAdapter(ModelAdapter):
+    """Wraps a Keras 3 model. Layer access patches one layer's ``call`` for one call, under the model's lock."""
+
+    framework = "keras"
+
+    def __init__(
+        self,
+        model: "keras.Model",
+        *,
+        name: str,
+        source_format: str,
+        labels: Sequence[str] | None = None,
+        preset: str = "unit",
+        device: str = "auto",
+        fingerprint: str = "",
+        input_size: tuple[int, int, int] | None = None,
+    ):
+        enable_memory_growth()
+        if not isinstance(model, keras.Model):
+            raise ModelRejected(f"Expected a keras.Model, got {type(model).__name__}.")
+        try:
+            shape = tuple(model.input_shape)
+        except (AttributeError, ValueError):
+            shape = (None, None, None, None)
+        if isinstance(shape[0], tuple):
+            raise ModelRejected("The model takes several inputs; an image classifier takes one image batch.")
+        if len(shape) != 4:
+            raise ModelRejected(f"The model's input has shape {shape}; an image classifier takes [batch, H, W, C].")
+        layout = _layout(shape)
+        h, w, c = (shape[2], shape[3], shape[1]) if layout == "NCHW" else (shape[1], shape[2], shape[3])
+        default = tuple(input_size or DEFAULT_INPUT_SIZE)
+        size = (h or default[0], w or default[1], c or default[2])
+        super().__init__(
+            name=name,
+            source_format=source_format,
+            input_size=size,
+            labels=labels,
+            preset=preset,
+            fingerprint=fingerprint,
+            layout=layout,
+        )
+        self.model = model
+        self._device = resolve_device(device)
+        self._layers_by_path = dict(_walk(model))
+        self._predict_fn = tf.function(self._predict_graph, reduce_retracing=True)
+        self._grad_fn = tf.function(self._input_grad_graph, reduce_retracing=True)
+
+    # ------------------------------------------------------------------ conversions
+    def _to_tensor(self, batch: np.ndarray):
+        x = tf.convert_to_tensor(np.ascontiguousarray(batch, dtype=np.float32))
+        if self.layout == "NCHW":
+            x = tf.transpose(x, (0, 3, 1, 2))
+        return x
+
+    def _from_input_layout(self, t) -> np.ndarray:
+        if self.layout == "NCHW":
+            t = tf.transpose(t, (0, 2, 3, 1))
+        return t.numpy()
+
+    def _channels_last(self, t) -> np.ndarray:
+        if self.layout == "NCHW" and len(t.shape) == 4:
+            t = tf.transpose(t, (0, 2, 3, 1))
+        return np.asarray(t, dtype=np.float32)
+
+    @staticmethod
+    def _targets(targets: Sequence[int]):
+        return tf.convert_to_tensor(np.asarray(targets, dtype=np.int32))
+
+    def _call(self, x):
+        out = self.model(x, training=False)
+        if isinstance(out, (list, tuple, dict)):
+            raise ModelRejected("The model has several outputs; an image classifier returns one [batch, classes] tensor.")
+        return out
+
+    def _predict_graph(self, x):
+        return self._call(x)
+
+    def _input_grad_graph(self, x, targets):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = self._call(x)
+            selected = tf.reduce_sum(tf.gather(out, targets, axis=1, batch_dims=1))
+        return out, tape.gradient(selected, x)
+
+    def _get_layer(self, layer: str):
+        try:
+            return self._layers_by_path[layer]
+        except KeyError:
+            raise LayerError(f"No layer named {layer!r}; pick one from the layers table.") from None
+
+    @contextlib.contextmanager
+    def _capture(self, layers: dict[str, "keras.layers.Layer"], record):
+        """Wrap the ``call`` of the given layers for one forward pass, then restore them."""
+        with self.lock:
+            saved = {}
+            for path, layer in layers.items():
+                saved[path] = layer.__dict__.get("call")
+                original = layer.call
+
+                def wrapped(*args, __path=path, __original=original, **kwargs):
+                    output = __original(*args, **kwargs)
+                    record(__path, output)
+                    return output
+
+                layer.call = wrapped
+            try:
+                yield
+            finally:
+                for path, layer in layers.items():
+                    if saved[path] is None:
+                        del layer.call
+                    else:
+                        layer.call = saved[path]
+
+    # ------------------------------------------------------------------ primitives
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        with tf.device(self._device):
+            return np.asarray(self._predict_fn(self._to_tensor(batch)), dtype=np.float32)
+
+    def input_gradients(self, batch, targets):
+        with tf.device(self._device):
+            out, grad = self._grad_fn(self._to_tensor(batch), self._targets(targets))
+        return np.asarray(out, dtype=np.float32), self._from_input_layout(grad).astype(np.float32)
+
+    def layer_gradients(self, batch, layer, targets):
+        captured = {}
+        target_layer = self._get_layer(layer)
+        x = self._to_tensor(batch)
+        with self._capture({layer: target_layer}, lambda _p, out: captured.__setitem__("out", out)):
+            with tf.device(self._device), tf.GradientTape() as tape:
+                out = self._call(x)
+                selected = tf.reduce_sum(tf.gather(out, self._targets(targets), axis=1, batch_dims=1))
+            act = captured.get("out")
+            if act is None or isinstance(act, (list, tuple, dict)):
+                raise LayerError(f"Layer {layer!r} did not produce a single tensor in the forward pass.")
+            grad = tape.gradient(selected, act)
+        if grad is None:
+            raise LayerError(f"The model's output does not depend on layer {layer!r}.")
+        return LayerPass(
+            outputs=np.asarray(out, dtype=np.float32),
+            activations=self._channels_last(act),
+            gradients=self._channels_last(grad),
+        )
+
+    def layer_activations(self, batch, layer):
+        captured = {}
+        with self._capture({layer: self._get_layer(layer)}, lambda _p, out: captured.__setitem__("out", out)):
+            with tf.device(self._device):
+                out = self._call(self._to_tensor(batch))
+        act = captured.get("out")
+        if act is None or isinstance(act, (list, tuple, dict)):
+            raise LayerError(f"Layer {layer!r} did not produce a single tensor in the forward pass.")
+        return np.asarray(out, dtype=np.float32), self._channels_last(act)
+
+    def _trace_layers(self) -> list[LayerInfo]:
+        records: dict[str, LayerInfo] = {}
+        counter = [0]
+
+        def record(path, output):
+            if isinstance(output, (list, tuple, dict)) or not hasattr(output, "shape"):
+                return
+            shape = tuple(int(s) for s in output.shape[1:])
+            if len(output.shape) == 4 and self.layout == "NCHW":
+                shape = (shape[1], shape[2], shape[0])
+            counter[0] += 1
+            records[path] = LayerInfo(path, type(self._layers_by_path[path]).__name__, shape, counter[0])
+
+        with self._capture(self._layers_by_path, record), tf.device(self._device):
+            self._call(self._to_tensor(self.test_input(1)))
+        return sorted(records.values(), key=lambda info: info.order)
+
+    def parameter_count(self) -> int:
+        return int(self.model.count_params())
+
+    @property
+    def device(self) -> str:
+        if self._device.startswith("/GPU"):
+            details = tf.config.experimental.get_device_details(tf.config.list_physical_devices("GPU")[0])
+            return f"{self._device[1:].lower()} ({details.get('device_name', 'GPU')})"
+        return "cpu"
+
+    def is_out_of_memory(self, error: BaseException) -> bool:
+        return isinstance(error, tf.errors.ResourceExhaustedError)
+
+    def free_memory(self) -> None:
+        # clear_session() would drop the model's own graph; collecting dead tensors is what is safe here
+        gc.collect()

@@ -1,0 +1,197 @@
+"""PyTorch implementation of :class:`ModelAdapter` (nn.Module, including onnx2torch conversions)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import LayerError, ModelRejected, ParameterError
+from .base import LayerInfo, LayerPass, ModelAdapter
+
+DEFAULT_INPUT_SIZE = (224, 224, 3)
+
+
+def resolve_device(device: str) -> "torch.device":
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ParameterError("CUDA was requested but no CUDA device is available; use --device cpu.")
+    return torch.device(device)
+
+
+class TorchAdapter(ModelAdapter):
+    """Wraps an ``nn.Module`` classifier.
+
+    The adapter owns the module it is given: it is put in eval mode and on the adapter's
+    device once, here. Calls never leave hooks or changed state on it afterwards.
+    """
+
+    framework = "pytorch"
+
+    def __init__(
+        self,
+        module: "torch.nn.Module",
+        *,
+        name: str,
+        source_format: str,
+        input_size: tuple[int, int, int] | None = None,
+        labels: Sequence[str] | None = None,
+        preset: str = "unit",
+        device: str = "auto",
+        fingerprint: str = "",
+        layout: str = "NCHW",
+    ):
+        if not isinstance(module, torch.nn.Module):
+            raise ModelRejected(f"Expected a torch.nn.Module, got {type(module).__name__}.")
+        if layout not in ("NCHW", "NHWC"):
+            raise ParameterError(f"Unknown layout {layout!r}; use NCHW or NHWC.")
+        super().__init__(
+            name=name,
+            source_format=source_format,
+            input_size=tuple(input_size or DEFAULT_INPUT_SIZE),
+            labels=labels,
+            preset=preset,
+            fingerprint=fingerprint,
+            layout=layout,
+        )
+        self._device = resolve_device(device)
+        self.module = module.eval().to(self._device)
+        self._modules = dict(module.named_modules())
+
+    # ------------------------------------------------------------------ conversions
+    def _to_tensor(self, batch: np.ndarray) -> "torch.Tensor":
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self._device)
+        if self.layout == "NCHW":
+            x = x.permute(0, 3, 1, 2).contiguous()
+        return x
+
+    def _input_grad_to_numpy(self, grad: "torch.Tensor") -> np.ndarray:
+        if self.layout == "NCHW":
+            grad = grad.permute(0, 2, 3, 1)
+        return grad.detach().float().cpu().numpy()
+
+    @staticmethod
+    def _channels_last(t: "torch.Tensor") -> np.ndarray:
+        t = t.detach().float()
+        if t.ndim == 4:
+            t = t.permute(0, 2, 3, 1)
+        return t.cpu().numpy()
+
+    def _forward(self, x: "torch.Tensor") -> "torch.Tensor":
+        out = self.module(x)
+        if not isinstance(out, torch.Tensor):
+            raise ModelRejected(
+                f"The model returns {type(out).__name__}, not a tensor; an image classifier must return [batch, classes]."
+            )
+        return out
+
+    def _target_sum(self, out: "torch.Tensor", targets: Sequence[int]) -> "torch.Tensor":
+        idx = torch.as_tensor(np.asarray(targets, dtype=np.int64), device=out.device)
+        return out.gather(1, idx[:, None]).sum()
+
+    def _get_module(self, layer: str) -> "torch.nn.Module":
+        try:
+            return self._modules[layer]
+        except KeyError:
+            raise LayerError(f"No layer named {layer!r}; pick one from the layers table.") from None
+
+    @contextlib.contextmanager
+    def _capture(self, layer: str):
+        """Forward hook on one module for the duration of one call (under the model's lock)."""
+        captured: dict[str, torch.Tensor] = {}
+
+        def hook(_module, _inputs, output):
+            captured["out"] = output
+
+        with self.lock:
+            handle = self._get_module(layer).register_forward_hook(hook)
+            try:
+                yield captured
+            finally:
+                handle.remove()
+
+    # ------------------------------------------------------------------ primitives
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self._forward(self._to_tensor(batch)).float().cpu().numpy()
+
+    def input_gradients(self, batch, targets):
+        x = self._to_tensor(batch).requires_grad_(True)
+        with torch.enable_grad():
+            out = self._forward(x)
+            (grad,) = torch.autograd.grad(self._target_sum(out, targets), x)
+        return out.detach().float().cpu().numpy(), self._input_grad_to_numpy(grad)
+
+    def layer_gradients(self, batch, layer, targets):
+        x = self._to_tensor(batch)
+        # Only when no parameter needs a gradient must the input carry one for the graph to exist.
+        if not any(p.requires_grad for p in self.module.parameters()):
+            x.requires_grad_(True)
+        with self._capture(layer) as captured, torch.enable_grad():
+            out = self._forward(x)
+            act = captured.get("out")
+            if not isinstance(act, torch.Tensor):
+                raise LayerError(f"Layer {layer!r} did not produce a single tensor in the forward pass.")
+            (grad,) = torch.autograd.grad(self._target_sum(out, targets), act)
+        return LayerPass(
+            outputs=out.detach().float().cpu().numpy(),
+            activations=self._channels_last(act),
+            gradients=self._channels_last(grad),
+        )
+
+    def layer_activations(self, batch, layer):
+        with self._capture(layer) as captured, torch.inference_mode():
+            out = self._forward(self._to_tensor(batch))
+            act = captured.get("out")
+            if not isinstance(act, torch.Tensor):
+                raise LayerError(f"Layer {layer!r} did not produce a single tensor in the forward pass.")
+            return out.float().cpu().numpy(), self._channels_last(act)
+
+    def _trace_layers(self) -> list[LayerInfo]:
+        records: dict[str, LayerInfo] = {}
+        counter = [0]
+        handles = []
+
+        def make_hook(name):
+            def hook(module, _inputs, output):
+                if isinstance(output, torch.Tensor):
+                    shape = tuple(output.shape[1:])
+                    if output.ndim == 4:
+                        shape = (shape[1], shape[2], shape[0])
+                    counter[0] += 1
+                    records[name] = LayerInfo(name, type(module).__name__, tuple(int(s) for s in shape), counter[0])
+
+            return hook
+
+        for name, module in self.module.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(make_hook(name)))
+        try:
+            with torch.inference_mode():
+                self._forward(self._to_tensor(self.test_input(1)))
+        finally:
+            for handle in handles:
+                handle.remove()
+        return sorted(records.values(), key=lambda info: info.order)
+
+    def parameter_count(self) -> int:
+        return int(sum(p.numel() for p in self.module.parameters()))
+
+    @property
+    def device(self) -> str:
+        if self._device.type == "cuda":
+            index = self._device.index or 0
+            return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+        return str(self._device)
+
+    def is_out_of_memory(self, error: BaseException) -> bool:
+        return isinstance(error, torch.cuda.OutOfMemoryError) or (
+            isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+        )
+
+    def free_memory(self) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,311 @@
+"""What every explainer shares: parameters, cost, chunked and counted model calls, result formatting.
+
+Each method follows the same steps (as captum's): normalise parameters -> validate ->
+compute (``_attribute``) -> format one :class:`~workbench.result.Attribution` per image.
+Explainers only speak numpy to the adapter; they never import a framework.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from workbench.adapters.base import LayerPass, ModelAdapter
+from workbench.errors import ParameterError
+from workbench.result import Attribution
+from workbench.settings import Settings, get_settings
+
+Progress = Callable[[float, str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One tunable parameter, with what the UI and the CLI need to offer it."""
+
+    name: str
+    default: Any
+    kind: type
+    help: str
+    choices: tuple | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    cap: str | None = None  # name of the Settings field that caps it for a deployment
+
+    def coerce(self, value: Any, settings: Settings) -> Any:
+        if value is None:
+            if self.default is None:
+                return None
+            value = self.default
+        try:
+            if self.kind is bool and isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                    raise ValueError(value)
+                value = lowered in {"1", "true", "yes", "on"}
+            elif self.kind is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            else:
+                value = self.kind(value)
+        except (TypeError, ValueError):
+            raise ParameterError(f"{self.name} must be {self.kind.__name__}, got {value!r}.") from None
+        if self.choices is not None and value not in self.choices:
+            raise ParameterError(f"{self.name} must be one of {', '.join(map(str, self.choices))}; got {value!r}.")
+        if self.minimum is not None and value < self.minimum:
+            raise ParameterError(f"{self.name} must be at least {self.minimum}; got {value}.")
+        if self.maximum is not None and value > self.maximum:
+            raise ParameterError(f"{self.name} must be at most {self.maximum}; got {value}.")
+        if self.cap is not None:
+            limit = getattr(settings, self.cap)
+            if value > limit:
+                raise ParameterError(
+                    f"{self.name}={value} is over this deployment's cap of {limit} (setting WORKBENCH_{self.cap.upper()})."
+                )
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """Model passes per image for given parameters."""
+
+    forward: int
+    backward: int
+
+    @property
+    def evaluations(self) -> int:
+        return self.forward + self.backward
+
+    def seconds(self, forward_seconds: float, backward_factor: float = 2.0) -> float:
+        """Estimate from one measured forward time per image (a backward costs ~2 forwards)."""
+        return forward_seconds * (self.forward + backward_factor * self.backward)
+
+
+class Calls:
+    """The adapter's primitives, chunked within a memory budget, counted, with back-off on out-of-memory.
+
+    On a device out-of-memory error the chunk is halved, memory freed and the chunk retried;
+    the event is recorded in ``notes`` and ends up in the result.
+    """
+
+    def __init__(self, adapter: ModelAdapter, settings: Settings, max_rows: int | None = None):
+        self.adapter = adapter
+        row_bytes = int(np.prod(adapter.input_size)) * 4
+        budget_rows = max(1, settings.chunk_budget_mb * 1024 * 1024 // max(row_bytes, 1) // 8)
+        self.chunk = max(1, min(budget_rows, max_rows or 64))
+        self.forward = 0
+        self.backward = 0
+        self.notes: list[str] = []
+
+    def _chunked(self, fn, n: int, *args):
+        """fn(slice) -> tuple of arrays or array; concatenated over chunks along axis 0."""
+        parts = []
+        start = 0
+        while start < n:
+            stop = min(n, start + self.chunk)
+            try:
+                parts.append(fn(slice(start, stop), *args))
+            except Exception as exc:  # noqa: BLE001 - only out-of-memory is retried
+                if not self.adapter.is_out_of_memory(exc) or self.chunk == 1:
+                    raise
+                self.adapter.free_memory()
+                self.chunk = max(1, self.chunk // 2)
+                self.notes.append(f"out of device memory; chunk halved to {self.chunk} and retried")
+                continue
+            start = stop
+        if isinstance(parts[0], tuple):
+            return tuple(np.concatenate([p[i] for p in parts]) for i in range(len(parts[0])))
+        return np.concatenate(parts)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        self.forward += len(batch)
+        return self._chunked(lambda s: self.adapter.predict(batch[s]), len(batch))
+
+    def input_gradients(self, batch: np.ndarray, targets: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        targets = np.asarray(targets, dtype=np.int64)
+        self.forward += len(batch)
+        self.backward += len(batch)
+        return self._chunked(lambda s: self.adapter.input_gradients(batch[s], targets[s]), len(batch))
+
+    def layer_gradients(self, batch: np.ndarray, layer: str, targets: Sequence[int]) -> LayerPass:
+        targets = np.asarray(targets, dtype=np.int64)
+        self.forward += len(batch)
+        self.backward += len(batch)
+
+        def call(s):
+            p = self.adapter.layer_gradients(batch[s], layer, targets[s])
+            return p.outputs, p.activations, p.gradients
+
+        outputs, activations, gradients = self._chunked(call, len(batch))
+        return LayerPass(outputs=outputs, activations=activations, gradients=gradients)
+
+    def layer_activations(self, batch: np.ndarray, layer: str) -> tuple[np.ndarray, np.ndarray]:
+        self.forward += len(batch)
+        return self._chunked(lambda s: self.adapter.layer_activations(batch[s], layer), len(batch))
+
+
+@dataclasses.dataclass
+class Partial:
+    """What ``_attribute`` returns for one image; the base turns it into an Attribution."""
+
+    map: np.ndarray
+    channels: np.ndarray | None = None
+    reference_score: float | None = None
+    layer: str | None = None
+    target_score: float | None = None
+    notes: tuple[str, ...] = ()
+
+
+class Explainer:
+    """Base of every method. Subclasses set the class attributes and implement ``_attribute``."""
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    signed: ClassVar[bool] = False
+    stochastic: ClassVar[bool] = False
+    uses_background: ClassVar[bool] = False
+    params: ClassVar[tuple[Param, ...]] = ()
+
+    # ------------------------------------------------------------------ parameters
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {p.name: p.default for p in cls.params}
+
+    @classmethod
+    def normalise_params(cls, params: Mapping[str, Any] | None = None, settings: Settings | None = None) -> dict[str, Any]:
+        settings = settings or get_settings()
+        given = dict(params or {})
+        known = {p.name for p in cls.params}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise ParameterError(
+                f"{cls.name} has no parameter {', '.join(unknown)}; it takes {', '.join(sorted(known)) or 'none'}."
+            )
+        return {p.name: p.coerce(given.get(p.name), settings) for p in cls.params}
+
+    @classmethod
+    def is_signed(cls, params: Mapping[str, Any]) -> bool:
+        return cls.signed
+
+    # ------------------------------------------------------------------ cost
+    @classmethod
+    def cost(cls, adapter: ModelAdapter, params: Mapping[str, Any] | None = None, background_size: int = 0) -> Cost:
+        """Forward and backward passes per image for these parameters, before running anything."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ run
+    def explain(
+        self,
+        adapter: ModelAdapter,
+        batch: np.ndarray,
+        targets: Sequence[int] | None = None,
+        *,
+        params: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        background: np.ndarray | None = None,
+        progress: Progress | None = None,
+        settings: Settings | None = None,
+        image_fingerprints: Sequence[str] | None = None,
+    ) -> list[Attribution]:
+        """Attribute ``batch`` ([N, H, W, C] model input) to one target per image (default: predicted class)."""
+        settings = settings or get_settings()
+        p = self.normalise_params(params, settings)
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim != 4 or tuple(batch.shape[1:]) != tuple(adapter.input_size):
+            raise ParameterError(
+                f"Images must be [N, {', '.join(map(str, adapter.input_size))}] model input; got {tuple(batch.shape)}."
+            )
+        calls = Calls(adapter, settings, max_rows=self.max_rows(p))
+        started = time.perf_counter()
+        if targets is None:
+            targets = calls.predict(batch).argmax(axis=1)
+        targets = [int(t) for t in targets]
+        if len(targets) != len(batch):
+            raise ParameterError(f"Got {len(targets)} targets for {len(batch)} images; give one per image.")
+        bad = [t for t in targets if not 0 <= t < adapter.num_classes]
+        if bad:
+            raise ParameterError(f"Target {bad[0]} is not a class of this model (0..{adapter.num_classes - 1}).")
+        partials = self._attribute(calls, batch, targets, p, seed, background, progress or (lambda f, m: None))
+        # scores of the explained targets, in one extra forward unless the method already has them
+        missing = [i for i, part in enumerate(partials) if part.target_score is None]
+        if missing:
+            scores = calls.predict(batch[missing])
+            for row, i in zip(scores, missing):
+                partials[i].target_score = float(row[targets[i]])
+        elapsed = time.perf_counter() - started
+        n = len(batch)
+        labels = adapter.labels
+        results = []
+        for i, part in enumerate(partials):
+            total = float(np.sum(part.channels if part.channels is not None else part.map, dtype=np.float64))
+            gap = ratio = None
+            if part.reference_score is not None and self.has_completeness:
+                delta = part.target_score - part.reference_score
+                gap = abs(total - delta)
+                ratio = gap / abs(delta) if abs(delta) > 0 else None
+            results.append(
+                Attribution(
+                    method=self.name,
+                    map=part.map,
+                    channels=part.channels,
+                    target=targets[i],
+                    target_label=labels[targets[i]],
+                    target_score=float(part.target_score),
+                    reference_score=part.reference_score,
+                    completeness_gap=gap,
+                    completeness_ratio=ratio,
+                    signed=self.is_signed(p),
+                    params=p,
+                    seconds=elapsed / n,
+                    evaluations=(calls.forward + calls.backward) // n,
+                    device=adapter.device,
+                    layer=part.layer,
+                    seed=seed if self.stochastic else None,
+                    notes=tuple(calls.notes) + part.notes,
+                    model_fingerprint=adapter.fingerprint,
+                    image_fingerprint=image_fingerprints[i] if image_fingerprints else "",
+                )
+            )
+        return results
+
+    has_completeness: ClassVar[bool] = False
+
+    def max_rows(self, params: Mapping[str, Any]) -> int | None:
+        """Largest chunk of rows per model call, where a method fixes one (Score-CAM's batch size)."""
+        return None
+
+    def _attribute(
+        self,
+        calls: Calls,
+        batch: np.ndarray,
+        targets: list[int],
+        params: dict[str, Any],
+        seed: int,
+        background: np.ndarray | None,
+        progress: Progress,
+    ) -> list[Partial]:
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, type[Explainer]] = {}
+
+
+def register(cls: type[Explainer]) -> type[Explainer]:
+    if not cls.name or cls.name in REGISTRY:
+        raise ValueError(f"explainer name {cls.name!r} missing or registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get(name: str) -> Explainer:
+    try:
+        return REGISTRY[name]()
+    except KeyError:
+        raise ParameterError(f"Unknown method {name!r}; choose from {', '.join(REGISTRY)}.") from None
+
+
+def names() -> list[str]:
+    return list(REGISTRY)

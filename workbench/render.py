@@ -1,0 +1,82 @@
+"""Attribution maps as pictures: normalisation, colormaps and overlays (numpy + matplotlib colormaps)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .result import Attribution
+
+SEQUENTIAL_CMAPS = ("jet", "viridis", "inferno", "magma", "turbo", "gray")
+DIVERGING_CMAPS = ("RdBu_r", "bwr", "coolwarm", "seismic", "PiYG")
+
+
+def scale_of(attribution_map: np.ndarray, signed: bool, positive_only: bool = False) -> float:
+    """The value that maps to full colour: max |value| for signed maps, max value otherwise."""
+    m = np.asarray(attribution_map, dtype=np.float64)
+    if positive_only:
+        m = np.maximum(m, 0)
+    value = float(np.max(np.abs(m))) if signed and not positive_only else float(np.max(m, initial=0.0))
+    return value if value > 0 else 1.0
+
+
+def shared_scale(results: Sequence[Attribution], positive_only: bool = False) -> float:
+    """One scale for several maps, so colours compare across methods (each map first in its own units)."""
+    return max((scale_of(r.map, r.signed, positive_only) for r in results), default=1.0)
+
+
+def normalise(attribution_map: np.ndarray, signed: bool, scale: float | None = None, positive_only: bool = False) -> np.ndarray:
+    """-> values in [0, 1] for unsigned or positive-only maps, in [-1, 1] for signed maps."""
+    m = np.asarray(attribution_map, dtype=np.float32)
+    if positive_only:
+        m = np.maximum(m, 0)
+    s = scale if scale and scale > 0 else scale_of(m, signed, positive_only)
+    lo = -1.0 if signed and not positive_only else 0.0
+    return np.clip(m / s, lo, 1.0).astype(np.float32)
+
+
+def colormap(values: np.ndarray, name: str, signed: bool) -> np.ndarray:
+    """[H, W] normalised values -> [H, W, 3] float RGB in [0, 1]."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps[name]
+    positions = (values + 1.0) / 2.0 if signed else values
+    return cmap(np.clip(positions, 0, 1))[..., :3].astype(np.float32)
+
+
+def default_cmap(signed: bool, positive_only: bool = False) -> str:
+    return "RdBu_r" if signed and not positive_only else "jet"
+
+
+def overlay(
+    pixels: np.ndarray,
+    attribution_map: np.ndarray,
+    *,
+    signed: bool,
+    cmap: str | None = None,
+    alpha: float = 0.5,
+    scale: float | None = None,
+    positive_only: bool = False,
+) -> np.ndarray:
+    """Blend a coloured map over the image: -> uint8 [H, W, 3]."""
+    values = normalise(attribution_map, signed, scale, positive_only)
+    is_signed = signed and not positive_only
+    colours = colormap(values, cmap or default_cmap(signed, positive_only), is_signed)
+    base = np.asarray(pixels, dtype=np.float32)
+    if base.shape[-1] == 1:
+        base = np.repeat(base, 3, axis=-1)
+    if is_signed:
+        # weight the colour by strength, so neutral (zero) attribution leaves the image visible
+        strength = np.abs(values)[..., None] * alpha
+    else:
+        strength = np.full(values.shape + (1,), alpha, np.float32)
+    blended = base * (1 - strength) + colours * strength
+    return (np.clip(blended, 0, 1) * 255).round().astype(np.uint8)
+
+
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    base = np.asarray(pixels, dtype=np.float32)
+    if base.shape[-1] == 1:
+        base = np.repeat(base, 3, axis=-1)
+    return (np.clip(base, 0, 1) * 255).round().astype(np.uint8)

@@ -1,0 +1,45 @@
+"""Pay one-off start-up costs in the background, before a user's first run needs them.
+
+The shap library compiles its partition-tree kernels with numba on first use (tens of seconds
+on two cores); explaining a tiny image once, in a daemon thread, moves that cost off the
+first SHAP run. Results are unaffected: only compiled code is kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+_lock = threading.Lock()
+_thread: threading.Thread | None = None
+done = threading.Event()
+
+
+def warm_up_shap() -> None:
+    import shap
+
+    masker = shap.maskers.Image("blur(8,8)", (16, 16, 3))
+    explainer = shap.PartitionExplainer(lambda z: z.reshape(len(z), -1)[:, :2].astype(np.float64), masker)
+    explainer(np.random.default_rng(0).random((1, 16, 16, 3)) * 255, max_evals=40, batch_size=20, outputs=np.array([0]), silent=True)
+
+
+def _run() -> None:
+    try:
+        warm_up_shap()
+    except Exception:  # noqa: BLE001 - a failed warm-up only means the first run compiles instead
+        log.warning("shap warm-up failed", exc_info=True)
+    finally:
+        done.set()
+
+
+def start_background_warm_up() -> threading.Thread:
+    """Start the warm-up once per process; later calls return the same thread."""
+    global _thread
+    with _lock:
+        if _thread is None:
+            _thread = threading.Thread(target=_run, name="workbench-warm-up", daemon=True)
+            _thread.start()
+        return _thread

@@ -180,7 +180,9 @@ def load_image(
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise _reject(name, "a frame is larger than the decoder allows", "upload a smaller image") from None
         except Exception as exc:
-            raise _reject(name, f"the {fmt} data is truncated or corrupt ({type(exc).__name__})", "re-save the image and upload again") from None
+            raise _reject(
+                name, f"the {fmt} data is truncated or corrupt ({type(exc).__name__})", "re-save the image and upload again"
+            ) from None
 
         if fmt == "PNG":
             depth, colour_type = _png_bit_depth(data)

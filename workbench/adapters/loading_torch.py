@@ -64,9 +64,14 @@ def load_weights_only(data: bytes, filename: str) -> Any:
         ) from None
 
 
-def load_pickle_trusted(data: bytes) -> Any:
+def load_pickle_trusted(data: bytes, filename: str) -> Any:
     """Full unpickling. Runs whatever code the file names: call only in trusted mode."""
-    return torch.load(io.BytesIO(data), weights_only=False, map_location="cpu")
+    try:
+        return torch.load(io.BytesIO(data), weights_only=False, map_location="cpu")
+    except Exception as exc:  # e.g. the pickle names a class this server does not have
+        raise UnsupportedFormat(
+            f"{filename} could not be unpickled ({type(exc).__name__}: {_first_line(exc)}); {REEXPORT_TORCH}."
+        ) from None
 
 
 def load_torchscript_trusted(data: bytes, filename: str) -> "torch.nn.Module":
@@ -74,7 +79,9 @@ def load_torchscript_trusted(data: bytes, filename: str) -> "torch.nn.Module":
     try:
         return torch.jit.load(io.BytesIO(data), map_location="cpu")
     except Exception as exc:
-        raise UnsupportedFormat(f"{filename} could not be loaded as TorchScript ({_first_line(exc)}); {REEXPORT_TORCH}.") from None
+        raise UnsupportedFormat(
+            f"{filename} could not be loaded as TorchScript ({_first_line(exc)}); {REEXPORT_TORCH}."
+        ) from None
 
 
 def load_safetensors(data: bytes, filename: str) -> dict[str, "torch.Tensor"]:
@@ -94,7 +101,11 @@ def is_module(obj: Any) -> bool:
 
 
 def _is_tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
 
 
 def as_state_dict(obj: Any, filename: str) -> dict[str, "torch.Tensor"]:

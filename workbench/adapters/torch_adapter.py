@@ -93,6 +93,8 @@ class TorchAdapter(ModelAdapter):
         return out.gather(1, idx[:, None]).sum()
 
     def _get_module(self, layer: str) -> "torch.nn.Module":
+        if isinstance(self.module, torch.jit.ScriptModule):
+            raise LayerError("TorchScript models expose no layers; for CAM methods upload a state_dict or an ONNX export.")
         try:
             return self._modules[layer]
         except KeyError:
@@ -151,6 +153,8 @@ class TorchAdapter(ModelAdapter):
             return out.float().cpu().numpy(), self._channels_last(act)
 
     def _trace_layers(self) -> list[LayerInfo]:
+        if isinstance(self.module, torch.jit.ScriptModule):
+            return []  # compiled modules take no Python hooks: gradient methods work, layer (CAM) methods do not
         records: dict[str, LayerInfo] = {}
         counter = [0]
         handles = []

@@ -1,0 +1,418 @@
+"""Exports of a :class:`~workbench.result.Comparison`: a labelled grid PNG, the arrays as NPZ,
+provenance JSON and a self-contained HTML report.
+
+Everything here reads the comparison only; nothing needs the model. The HTML report loads
+nothing from anywhere: images are embedded as ``data:`` URIs and its Content-Security-Policy
+forbids every other source, so it can be mailed or archived and opened offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from . import render
+from .agreement import agreement_matrix
+from .errors import ParameterError
+from .result import Attribution, Comparison
+
+# Grid layout, in pixels. Cells are images scaled up by a whole factor to at least MIN_CELL.
+MIN_CELL = 128
+PAD = 6
+HEADER = 24  # column titles
+CAPTION = 20  # under each row: image name and target
+FONT_SIZE = 13
+TOP_K_PERCENT = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class GridLayout:
+    """Where each cell of :func:`grid_png` lies: rows = images, column 0 = the image, then one per method."""
+
+    rows: int
+    columns: int
+    image_size: tuple[int, int]  # H, W of the largest image
+    scale: int  # whole-number upscaling of every image
+    cell_size: tuple[int, int]  # H, W on the canvas
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the PNG."""
+        cell_h, cell_w = self.cell_size
+        return PAD + self.columns * (cell_w + PAD), HEADER + self.rows * (cell_h + CAPTION + PAD) + PAD
+
+    def origin(self, row: int, column: int) -> tuple[int, int]:
+        """(x, y) of a cell's top-left corner."""
+        cell_h, cell_w = self.cell_size
+        return PAD + column * (cell_w + PAD), HEADER + row * (cell_h + CAPTION + PAD)
+
+
+def grid_layout(comparison: Comparison) -> GridLayout:
+    if not comparison.images:
+        raise ParameterError("The comparison has no images to export.")
+    h = max(int(im.pixels.shape[0]) for im in comparison.images)
+    w = max(int(im.pixels.shape[1]) for im in comparison.images)
+    scale = max(1, math.ceil(MIN_CELL / max(h, w)))
+    return GridLayout(len(comparison.images), 1 + len(comparison.methods), (h, w), scale, (h * scale, w * scale))
+
+
+def _upscale(rgb: np.ndarray, scale: int) -> np.ndarray:
+    return np.repeat(np.repeat(rgb, scale, axis=0), scale, axis=1) if scale > 1 else rgb
+
+
+def _fit(draw, text: str, font, width: int) -> str:
+    """``text``, cut with an ellipsis to fit ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…" if text else ""
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def _row_scale(row: Sequence[Attribution], shared_scale: bool, positive_only: bool) -> float | None:
+    return render.shared_scale(row, positive_only) if shared_scale else None
+
+
+def grid_png(
+    comparison: Comparison,
+    *,
+    cmap: str | None = None,
+    alpha: float = 0.5,
+    shared_scale: bool = False,
+    positive_only: bool = False,
+) -> bytes:
+    """The comparison as one PNG: a row per image (the image, then each method's overlay).
+
+    Columns are titled with the method names; under each row are the image name and its target.
+    ``shared_scale`` gives all maps of a row one colour scale (see :func:`workbench.render.shared_scale`);
+    otherwise each map is scaled to its own maximum. ``cmap`` None picks a diverging map for signed
+    methods and a sequential one for the others.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    layout = grid_layout(comparison)
+    canvas = Image.new("RGB", layout.size, (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=FONT_SIZE)
+    cell_h, cell_w = layout.cell_size
+    titles = ["image", *comparison.methods]
+    for column, title in enumerate(titles):
+        x, _ = layout.origin(0, column)
+        draw.text((x, (HEADER - FONT_SIZE) // 2 - 1), _fit(draw, title, font, cell_w), fill=(20, 20, 20), font=font)
+    for row, (image, results) in enumerate(zip(comparison.images, comparison.results)):
+        scale = _row_scale(results, shared_scale, positive_only)
+        cells = [render.to_uint8(image.pixels)]
+        for attribution in results:
+            cells.append(
+                render.overlay(
+                    image.pixels,
+                    attribution.map,
+                    signed=attribution.signed,
+                    cmap=cmap,
+                    alpha=alpha,
+                    scale=scale,
+                    positive_only=positive_only,
+                )
+            )
+        for column, cell in enumerate(cells):
+            canvas.paste(Image.fromarray(_upscale(cell, layout.scale)), layout.origin(row, column))
+        x, y = layout.origin(row, 0)
+        caption = f"{image.name} · target: {image.target_label} ({image.target})"
+        width = layout.size[0] - 2 * PAD
+        draw.text((x, y + cell_h + (CAPTION - FONT_SIZE) // 2 - 1), _fit(draw, caption, font, width), fill=(60, 60, 60), font=font)
+    return _png(np.asarray(canvas))
+
+
+def attributions_npz(comparison: Comparison) -> bytes:
+    """All arrays in one ``.npz``, loadable with ``np.load(..., allow_pickle=False)``.
+
+    Keys: ``<i>__<method>__map`` (H x W), ``<i>__<method>__channels`` (H x W x C, where the method
+    has per-channel values), ``<i>__pixels`` (the display pixels), plus ``methods`` (names in
+    column order) and ``targets`` (one class index per image). ``<i>`` is the image's index.
+    """
+    arrays: dict[str, np.ndarray] = {
+        "methods": np.asarray(comparison.methods, dtype=str),
+        "targets": np.asarray([im.target for im in comparison.images], dtype=np.int64),
+    }
+    for i, (image, results) in enumerate(zip(comparison.images, comparison.results)):
+        arrays[f"{i}__pixels"] = np.asarray(image.pixels)
+        for attribution in results:
+            arrays[f"{i}__{attribution.method}__map"] = attribution.map
+            if attribution.channels is not None:
+                arrays[f"{i}__{attribution.method}__channels"] = attribution.channels
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: numpy values as Python ones, NaN and infinities as null (strict JSON has neither)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return _plain(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def provenance_json(comparison: Comparison) -> str:
+    """What produced the maps: model, images (by fingerprint), methods, parameters, seeds, timings, versions."""
+    document = {
+        "format": "workbench-provenance",
+        "format_version": 1,
+        "run_id": comparison.run_id,
+        "created_utc": _utc(comparison.created),
+        "versions": dict(comparison.versions),
+        "summary": comparison.summary(),
+    }
+    return json.dumps(_plain(document), indent=2, allow_nan=False, ensure_ascii=False)
+
+
+def _utc(timestamp: float) -> str | None:
+    try:
+        return datetime.datetime.fromtimestamp(float(timestamp), tz=datetime.timezone.utc).isoformat(timespec="seconds")
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+# -- HTML ----------------------------------------------------------------------------------------
+
+_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+
+_CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1d1d1f; margin: 2rem auto; max-width: 1200px; padding: 0 1rem; }
+h1 { font-size: 1.5rem; } h2 { font-size: 1.2rem; margin-top: 2rem; } h3 { font-size: 1rem; margin-top: 1.5rem; }
+table { border-collapse: collapse; margin: .5rem 0 1rem; }
+th, td { border: 1px solid #d0d0d5; padding: .25rem .5rem; text-align: left; vertical-align: top; }
+th { background: #f3f3f6; font-weight: 600; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+img.grid { max-width: 100%; height: auto; image-rendering: pixelated; border: 1px solid #d0d0d5; }
+code { font-size: .9em; word-break: break-all; }
+.muted { color: #666; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    if value is None:
+        return "—"
+    value = float(value)
+    if not math.isfinite(value):
+        return _e(value)
+    return f"{value:.{digits}g}"
+
+
+def _table(header: Sequence[str] | None, rows: Sequence[Sequence[str]], numeric: Sequence[bool] | None = None) -> str:
+    """``rows`` hold HTML already escaped; no ``header`` makes a two-column key/value table."""
+    if header is None:
+        body = "".join(f"<tr><th>{key}</th><td>{value}</td></tr>" for key, value in rows)
+        return f"<table><tbody>{body}</tbody></table>"
+    numeric = numeric or [False] * len(header)
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f'<td class="num">{c}</td>' if numeric[k] else f"<td>{c}</td>" for k, c in enumerate(row)) + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _matrix(methods: Sequence[str], values: np.ndarray) -> str:
+    """A methods x methods table, each cell tinted by its value (blue for agreement, red for disagreement)."""
+    rows = []
+    for i, name in enumerate(methods):
+        cells = []
+        for j in range(len(methods)):
+            v = float(values[i, j])
+            colour = "70,110,200" if v >= 0 else "200,80,70"
+            strength = min(abs(v), 1.0) * 0.45 if math.isfinite(v) else 0.0
+            cells.append(f'<td class="num" style="background: rgba({colour},{strength:.2f})">{_num(v, 3)}</td>')
+        rows.append(f"<tr><th>{_e(name)}</th>{''.join(cells)}</tr>")
+    head = "<th></th>" + "".join(f"<th>{_e(m)}</th>" for m in methods)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _params(params: Mapping[str, Any]) -> str:
+    return "<br>".join(f"<code>{_e(k)}={_e(json.dumps(_plain(v), ensure_ascii=False))}</code>" for k, v in params.items()) or "—"
+
+
+def _share_href(share_url: str | None) -> str | None:
+    if share_url is None:
+        return None
+    if not share_url.lower().startswith(("https://", "http://")):
+        raise ParameterError("The share link must be an http(s) URL.")
+    return share_url
+
+
+def html_report(
+    comparison: Comparison,
+    *,
+    share_url: str | None = None,
+    cmap: str | None = None,
+    alpha: float = 0.5,
+    shared_scale: bool = False,
+    positive_only: bool = False,
+) -> str:
+    """A single self-contained HTML page: the grid, per-image results with completeness gaps,
+    the agreement between methods (Spearman rank correlation and top-10 % IoU), time per method,
+    and the versions. ``share_url`` (from :func:`workbench.store.share_link`) is the only link
+    it contains."""
+    share = _share_href(share_url)
+    model = dict(comparison.model)
+    methods = list(comparison.methods)
+    grid = base64.b64encode(grid_png(comparison, cmap=cmap, alpha=alpha, shared_scale=shared_scale, positive_only=positive_only)).decode("ascii")
+    title = f"Attribution report — {model.get('name', 'model')}"
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<meta name="referrer" content="no-referrer">',
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+    ]
+    if share:
+        parts.append(f'<p>Reopen in the workbench: <a href="{_e(share)}" rel="noreferrer">{_e(share)}</a></p>')
+
+    run_rows = [
+        [_e("Run id"), f"<code>{_e(comparison.run_id)}</code>" if comparison.run_id else "not saved"],
+        [_e("Created (UTC)"), _e(_utc(comparison.created) or "—")],
+        [_e("Seed"), _e(comparison.seed)],
+    ]
+    model_rows = [
+        [_e(label), _e(model[key]) if key in model else "—"]
+        for key, label in (
+            ("name", "Model"),
+            ("framework", "Framework"),
+            ("source_format", "Format"),
+            ("input_size", "Input size (H, W, C)"),
+            ("num_classes", "Classes"),
+            ("output_kind", "Output"),
+            ("preset", "Preprocessing"),
+            ("device", "Device"),
+        )
+    ]
+    model_rows.append([_e("Model fingerprint"), f"<code>{_e(model.get('fingerprint', '—'))}</code>"])
+    parts += ["<h2>Run</h2>", _table(None, run_rows + model_rows)]
+
+    parts += [
+        "<h2>Maps</h2>",
+        '<p class="muted">Rows are images; the first column is the image as the model saw it, then one overlay per method'
+        + (" on one colour scale per row" if shared_scale else ", each map scaled to its own maximum")
+        + (", positive evidence only" if positive_only else "")
+        + ".</p>",
+        f'<img class="grid" alt="Attribution maps of {len(methods)} methods on {len(comparison.images)} images" src="data:image/png;base64,{grid}">',
+    ]
+
+    parts.append("<h2>Time per method</h2>")
+    timing_rows = []
+    n_images = max(1, len(comparison.images))
+    for j, name in enumerate(methods):
+        column = [row[j] for row in comparison.results]
+        seconds = sum(r.seconds for r in column)
+        evaluations = sum(r.evaluations for r in column)
+        devices = sorted({r.device for r in column})
+        timing_rows.append([_e(name), _num(seconds, 4), _num(seconds / n_images, 4), _e(evaluations), _e(", ".join(devices))])
+    parts.append(
+        _table(["Method", "Seconds, all images", "Seconds per image", "Model evaluations", "Device"], timing_rows, [False, True, True, True, False])
+    )
+
+    mean = {"spearman": np.zeros((len(methods), len(methods))), "iou": np.zeros((len(methods), len(methods)))}
+    parts.append("<h2>Images</h2>")
+    for i, (image, results) in enumerate(zip(comparison.images, comparison.results)):
+        parts.append(f"<h3>{i + 1}. {_e(image.name)} — target: {_e(image.target_label)} ({_e(image.target)})</h3>")
+        parts.append(f'<p class="muted">sha256 <code>{_e(image.sha256)}</code></p>')
+        if image.notes:
+            parts.append("<p>" + "; ".join(_e(n) for n in image.notes) + "</p>")
+        rows = [
+            [
+                _e(r.method),
+                _num(r.target_score),
+                _num(r.reference_score),
+                _num(r.completeness_gap),
+                _num(r.completeness_ratio),
+                _num(r.seconds, 3),
+                _e(r.evaluations),
+                _e(r.seed if r.seed is not None else "—"),
+                _e(r.layer or "—"),
+                _params(r.params),
+                "; ".join(_e(n) for n in r.notes) or "—",
+            ]
+            for r in results
+        ]
+        parts.append(
+            _table(
+                ["Method", "Target score", "Reference score", "Completeness gap", "Gap / |f(x) − ref|", "Seconds", "Evaluations", "Seed", "Layer", "Parameters", "Notes"],
+                rows,
+                [False, True, True, True, True, True, True, True, False, False, False],
+            )
+        )
+        if len(methods) > 1:
+            agreement = agreement_matrix(results, TOP_K_PERCENT)
+            for key in mean:
+                mean[key] += agreement[key] / len(comparison.images)
+            parts += [
+                "<p>Spearman rank correlation between maps</p>",
+                _matrix(methods, agreement["spearman"]),
+                f"<p>Overlap (IoU) of the top {TOP_K_PERCENT:g} % pixels</p>",
+                _matrix(methods, agreement["iou"]),
+            ]
+    if len(methods) > 1 and len(comparison.images) > 1:
+        parts += [
+            "<h2>Agreement, mean over images</h2>",
+            "<p>Spearman rank correlation</p>",
+            _matrix(methods, mean["spearman"]),
+            f"<p>Top {TOP_K_PERCENT:g} % IoU</p>",
+            _matrix(methods, mean["iou"]),
+        ]
+
+    parts += [
+        "<h2>Versions</h2>",
+        _table(["Library", "Version"], [[_e(k), _e(v)] for k, v in sorted(dict(comparison.versions).items())]),
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def write_all(comparison: Comparison, out_dir: str | Path, *, share_url: str | None = None) -> dict[str, Path]:
+    """Write every export into ``out_dir`` (created if missing).
+
+    -> ``{"grid": grid.png, "npz": attributions.npz, "provenance": provenance.json, "html": report.html}``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "grid": out / "grid.png",
+        "npz": out / "attributions.npz",
+        "provenance": out / "provenance.json",
+        "html": out / "report.html",
+    }
+    paths["grid"].write_bytes(grid_png(comparison))
+    paths["npz"].write_bytes(attributions_npz(comparison))
+    paths["provenance"].write_text(provenance_json(comparison), encoding="utf-8")
+    paths["html"].write_text(html_report(comparison, share_url=share_url), encoding="utf-8")
+    return paths

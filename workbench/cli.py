@@ -6,10 +6,12 @@ A refusal (any WorkbenchError) exits with status 2 and its one-line message on s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -216,18 +218,63 @@ def cmd_explain(args) -> int:
     if args.save:
         from . import store
 
-        run_store = store.RunStore()
-        image_bytes = [Path(p).read_bytes() for p in args.images]
-        run_id = run_store.save(comparison, model_bytes=model_bytes, image_bytes=image_bytes, model_name=adapter.name)
+        with store.RunStore() as run_store:
+            image_bytes = [Path(p).read_bytes() for p in args.images]
+            run_id = run_store.save(comparison, model_bytes=model_bytes, image_bytes=image_bytes, model_name=adapter.name)
         summary["run_id"] = run_id
-        summary["share_link"] = store.share_link(run_id)
+        summary["share_link"] = store.share_link(run_id, base_path=args.base_path)
+    if args.export:
+        from .export import write_all
+
+        files = write_all(comparison, out, share_url=summary.get("share_link"))
+        summary["exports"] = {kind: str(path) for kind, path in files.items()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     for row in rows:
         gap = f", completeness gap {row['completeness_gap']:.3g}" if row["completeness_gap"] is not None else ""
         print(f"{row['image']} {row['method']}: target {row['target_label']} ({row['target_score']:.3f}), {row['seconds']:.2f}s{gap} -> {row['file']}")
+    for kind, path in summary.get("exports", {}).items():
+        print(f"{kind}: {path}")
     print(f"summary: {out / 'summary.json'}")
     if args.save:
         print(f"share link: {summary['share_link']}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import write_all
+    from .store import RunStore, share_link
+
+    with RunStore() as run_store:
+        comparison = run_store.load(args.run_id)
+    files = write_all(comparison, args.out, share_url=share_link(args.run_id, base_path=args.base_path))
+    for kind, path in files.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    from .store import RunStore, share_link
+
+    with RunStore() as run_store:
+        records = run_store.list_runs(model=args.model, method=args.method, limit=args.limit)
+    rows = [{**dataclasses.asdict(r), "share_link": share_link(r.run_id, base_path=args.base_path)} for r in records]
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    for row in rows:
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["created"]))
+        print(f"{created}  {row['model_name']}  {', '.join(row['methods'])}  {row['share_link']}")
+    return 0
+
+
+def cmd_cleanup(args) -> int:
+    from .settings import get_settings
+    from .store import RunStore
+
+    days = args.days if args.days is not None else get_settings().retention_days
+    with RunStore() as run_store:
+        report = run_store.cleanup(days)
+    print(json.dumps(report))
     return 0
 
 
@@ -269,7 +316,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--save", action="store_true", help="store the run and print its share link")
+    p.add_argument("--export", action="store_true", help="also write grid.png, attributions.npz, provenance.json, report.html")
+    p.add_argument("--base-path", default="", help="the deployment's server.baseUrlPath, for share links")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("export", help="write a stored run's grid PNG, NPZ, provenance JSON and HTML report")
+    p.add_argument("run_id")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--base-path", default="")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("runs", help="stored runs, newest first")
+    p.add_argument("--model")
+    p.add_argument("--method")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--base-path", default="")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("cleanup", help="delete runs older than the retention and blobs no run references")
+    p.add_argument("--days", type=int, help="default: WORKBENCH_RETENTION_DAYS")
+    p.set_defaults(func=cmd_cleanup)
     return parser
 
 

@@ -1,0 +1,46 @@
+"""About: versions, device, and this deployment's settings and limits (read-only: operators set them)."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from workbench import session
+from workbench.settings import get_settings
+
+ws: session.Workspace = st.session_state["workspace"]
+settings = get_settings()
+
+st.title("About")
+st.markdown(
+    "An interpretability workbench for image classifiers: load a PyTorch or Keras model, add images, "
+    "and compare Grad-CAM, Integrated Gradients, SHAP and other attribution methods side by side, "
+    "with one target and one colour scale, and see how much the methods agree."
+)
+
+device_col, trust_col = st.columns(2)
+device_col.metric("Device", session.device_description(ws))
+trust_col.metric("Trusted formats", "allowed" if settings.trusted_formats else "refused")
+st.caption(
+    "Trusted formats are files that can run code when loaded (pickled nn.Module, TorchScript). "
+    "Only the operator can allow them, with WORKBENCH_TRUSTED_FORMATS=1."
+)
+
+limits, versions = st.columns(2, gap="large")
+with limits:
+    st.subheader("Limits and settings")
+    st.dataframe(session.settings_rows(settings), hide_index=True, width="stretch")
+with versions:
+    st.subheader("Versions")
+    st.dataframe([{"library": k, "version": v} for k, v in session.library_versions().items()], hide_index=True, width="stretch")
+    st.subheader("This session")
+    st.dataframe(
+        [
+            {"": "models loaded", "value": len(ws.models)},
+            {"": "images", "value": len(ws.images)},
+            {"": "maps cached", "value": len(ws.results)},
+            {"": "cache size (MiB)", "value": round(ws.results.nbytes / 2**20, 1)},
+            {"": "explainer runs", "value": ws.explainer_runs},
+        ],
+        hide_index=True,
+        width="stretch",
+    )

@@ -1,0 +1,177 @@
+"""Explain & compare: pick methods and parameters, see the cost, run, and compare the maps side by side."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import streamlit as st
+
+import explainers
+from pages import charts, controls
+from workbench import session
+from workbench.errors import WorkbenchError
+
+log = logging.getLogger("workbench.app")
+ws: session.Workspace = st.session_state["workspace"]
+
+st.title("Explain & compare")
+record = ws.model
+if record is None:
+    st.info("Load a model first.")
+    st.page_link("pages/models.py", label="Models", icon=":material/deployed_code:")
+    st.stop()
+if not ws.images:
+    st.info("Add one or more images first.")
+    st.page_link("pages/images.py", label="Images", icon=":material/image:")
+    st.stop()
+
+MODES = {"methods": "Several methods, one model", "models": "One method, two models"}
+mode = st.segmented_control("Compare", list(MODES), format_func=MODES.get, default="methods", required=True, key="explain_mode")
+others = [m for m in ws.models.values() if m.id != record.id]
+if mode == "models" and not others:
+    st.info("Load a second model (for example shapes-cnn-keras next to shapes-cnn-torch) to compare one method across models.")
+    st.stop()
+
+pick_col, option_col = st.columns([3, 1], gap="large")
+with pick_col:
+    if mode == "methods":
+        methods = st.multiselect(
+            "Methods", explainers.names(), default=list(session.DEFAULT_METHODS), key="explain_methods",
+            format_func=lambda name: explainers.REGISTRY[name].title,
+        )
+        models = [record]
+    else:
+        left, right = st.columns(2)
+        method = left.selectbox("Method", explainers.names(), key="explain_method", format_func=lambda name: explainers.REGISTRY[name].title)
+        options = [m.id for m in others]
+        second = right.selectbox(
+            "Compare with", options, key=f"explain_second_{session.digest(options)[:8]}", format_func=lambda i: ws.models[i].name
+        )
+        methods, models = [method], [record, ws.models[second]]
+    names = {e.id: e.name for e in ws.images.values()}
+    # keyed by the set of images: a new image joins the comparison; one the user took out stays out
+    chosen = st.multiselect(
+        "Images", list(names), default=[i for i in names if i not in ws.left_out], format_func=names.get,
+        key=f"explain_images_{session.digest(list(names))[:8]}",
+    )
+    ws.left_out = set(names) - set(chosen)
+with option_col:
+    seed = int(st.number_input("Seed", value=0, min_value=0, step=1, key="explain_seed", help="For the stochastic methods (SHAP, SmoothGrad, Expected Gradients)."))
+    use_images = st.toggle("Loaded images as background", key="explain_background", help="For Expected Gradients and the IG 'background' baseline; off = each method's default.")
+
+params = {}
+for name in methods:
+    cls = explainers.REGISTRY[name]
+    with st.expander(f"{cls.title} parameters"):
+        st.caption(f"{cls.summary} [paper]({cls.paper})")
+        params[name] = controls.method_params(record, name)
+
+entries = [ws.images[i] for i in chosen if i in ws.images]
+background = list(ws.images.values()) if use_images else None
+try:
+    plans = [session.plan(ws, m, entries, methods, session.params_for(m, params), seed, background=background) for m in models]
+except WorkbenchError as error:
+    st.error(str(error), icon=":material/block:")
+    st.stop()
+
+todo = sum(p.results_to_compute for p in plans)
+last_run = st.session_state.get("explain_last_run")  # what the latest Run did, shown once nothing is left to do
+run_col, cost_col = st.columns([1, 5], vertical_alignment="center")
+pressed = run_col.button("Run", type="primary", disabled=todo == 0, icon=":material/play_arrow:", key="explain_run")
+if todo:
+    seconds = sum(p.seconds for p in plans)
+    forward_ms = " / ".join(f"{session.forward_seconds(m) * 1000:.1f}" for m in models)
+    cost_col.caption(
+        f"{todo} map(s) to compute · about {sum(p.evaluations for p in plans):,} model passes · "
+        f"estimated {seconds:.1f} s (a forward pass measured at {forward_ms} ms per image in a batch)"
+    )
+else:
+    cost_col.caption((f"Last run: {last_run}. " if last_run else "") + "Every map for these settings is computed; display options change only the picture.")
+
+if pressed:
+    with st.status(f"Computing {todo} map(s)…", expanded=True) as status:
+        bar = st.progress(0.0, text="starting")
+        started = time.perf_counter()
+        try:
+            for n, (model, work) in enumerate(zip(models, plans)):
+                prefix = f"{model.name}: " if len(models) > 1 else ""
+                session.run(
+                    ws, model, entries, work, seed,
+                    progress=lambda f, message, n=n, p=prefix: bar.progress(min(1.0, (n + f) / len(models)), text=p + message),
+                )
+        except WorkbenchError as error:
+            status.update(label=str(error), state="error")
+        except Exception as error:  # noqa: BLE001 - the app keeps working; the traceback is for the operator
+            log.exception("explaining failed")
+            status.update(label=f"The run failed ({type(error).__name__}); the details are in the server log.", state="error")
+        else:
+            st.session_state["explain_last_run"] = f"computed {todo} map(s) in {time.perf_counter() - started:.1f} s"
+            st.rerun()  # redraw the controls against the new cache: Run disabled, nothing left to estimate
+
+comparisons = [session.cached_comparison(ws, m, entries, p, seed) for m, p in zip(models, plans)]
+if any(c is None for c in comparisons):
+    st.info("Press Run to compute the maps for these settings.")
+    st.stop()
+
+st.divider()
+display = controls.display_options()
+first = comparisons[0]
+images = [(f"{im.name} · {im.target_label}", im.pixels) for im in first.images]
+if mode == "methods":
+    controls.grid(
+        [explainers.REGISTRY[m].title for m in first.methods],
+        images,
+        first.results,
+        display,
+        downloads=[(f"{im.name.rsplit('.', 1)[0]}_maps.npz", session.npz_bytes(first, i)) for i, im in enumerate(first.images)],
+    )
+else:
+    percent = 10.0
+    pairs = [(a[0], b[0]) for a, b in zip(comparisons[0].results, comparisons[1].results)]
+    agreement = [session.cross_model_agreement(a, b, percent) for a, b in pairs]
+    controls.grid(
+        [m.name for m in models],
+        images,
+        [list(pair) for pair in pairs],
+        display,
+        extra=[f"Spearman ρ {g['spearman']:.2f}  \ntop-{percent:g}% IoU {g['iou']:.2f}" for g in agreement],
+    )
+    st.stop()
+
+st.subheader("Agreement and cost")
+if len(first.images) > 1:
+    index = st.selectbox("Image", range(len(first.images)), format_func=lambda i: first.images[i].name, key="explain_detail_image")
+else:
+    index = 0
+results = first.results[index]
+titles = [explainers.REGISTRY[m].title for m in first.methods]
+metric_col, k_col = st.columns([1, 2])
+metric = metric_col.segmented_control("Agreement", ["Spearman ρ", "top-k % IoU"], default="Spearman ρ", required=True, key="explain_metric")
+percent = k_col.slider("k: top % of pixels for IoU", 1, 50, 10, key="explain_k")
+rows = session.agreement_rows(results, titles, percent)
+chart_col, time_col = st.columns(2, gap="large")
+with chart_col:
+    if len(results) > 1:
+        label = "Spearman ρ" if metric == "Spearman ρ" else f"top-{percent:g}% IoU"
+        st.altair_chart(charts.agreement_heatmap(rows, label), key="explain_agreement_chart")
+    else:
+        st.caption("Pick two or more methods to see how they agree.")
+with time_col:
+    st.altair_chart(charts.method_times(session.timing_rows(results, titles)), width="stretch")
+complete = [r for r in session.completeness_rows(results, titles) if r["reference"] is not None]
+if complete:
+    st.markdown("**Completeness** — the sum of the map should equal f(x) − reference (IG: f(baseline), SHAP: f(masked image))")
+    number = st.column_config.NumberColumn
+    st.dataframe(
+        complete,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "f(x)": number(format="%.4g"),
+            "reference": number(format="%.4g"),
+            "sum of attributions": number(format="%.4g"),
+            "gap": number(format="%.2e"),
+            "gap / |f(x) - reference|": number(format="percent"),
+        },
+    )

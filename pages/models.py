@@ -1,0 +1,133 @@
+"""Models: upload a model file or pick a zoo model; see its summary, layers and a test prediction."""
+
+from __future__ import annotations
+
+import logging
+
+import streamlit as st
+
+import model_zoo
+from workbench import session
+from workbench.errors import WorkbenchError
+from workbench.preprocess import PRESETS
+from workbench.settings import get_settings
+
+log = logging.getLogger("workbench.app")
+ws: session.Workspace = st.session_state["workspace"]
+
+
+def attempt(action, what: str, notice_key: str, then=st.rerun) -> None:
+    """Run a load; a refusal becomes the message shown under the widget, anything else goes to the log.
+
+    After a success, ``then()``: by default a rerun, so the sidebar shows the new model.
+    """
+    try:
+        action()
+    except WorkbenchError as error:
+        st.session_state[notice_key] = str(error)
+        return
+    except Exception as error:  # noqa: BLE001 - the app keeps working; the traceback is for the operator
+        log.exception("loading %s failed", what)
+        st.session_state[notice_key] = f"{what} could not be loaded ({type(error).__name__}); the details are in the server log."
+        return
+    st.session_state.pop(notice_key, None)
+    then()
+
+
+def parse_size(text: str) -> tuple[int, int, int] | None:
+    parts = [p for p in text.lower().replace(",", "x").replace(" ", "x").split("x") if p]
+    if not parts:
+        return None
+    if len(parts) not in (2, 3) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise WorkbenchError(f"Input size {text!r} is not H x W or H x W x C, e.g. 224 x 224 x 3.")
+    return tuple(int(p) for p in parts) + ((3,) if len(parts) == 2 else ())  # type: ignore[return-value]
+
+
+st.title("Models")
+upload_col, zoo_col = st.columns([3, 2], gap="large")
+
+with upload_col:
+    st.subheader("Upload a model")
+    uploaded = st.file_uploader(
+        "Drop a model file: .keras, .h5, .onnx, or PyTorch weights (.pt, .pth, .safetensors)",
+        key="models_upload",
+        max_upload_size=max(1, get_settings().max_model_bytes // 2**20),
+        help="The format is read from the bytes. Files that can run code on load are refused unless the operator trusts them.",
+    )
+    with st.expander("Weights only, or an input size the file does not fix?"):
+        architecture = st.selectbox(
+            "Architecture for state_dict / safetensors weights",
+            ["", *model_zoo.ARCHITECTURES],
+            format_func=lambda name: name or "(not needed)",
+            key="models_architecture",
+        )
+        if architecture:
+            st.caption(model_zoo.ARCHITECTURES[architecture].description)
+        size_text = st.text_input("Input size H x W x C (blank: from the model)", key="models_input_size", placeholder="224 x 224 x 3")
+    if uploaded is not None and session.new_uploads(ws, f"model|{architecture}|{size_text}", [uploaded]):
+        with st.spinner(f"Loading {uploaded.name}…"):
+            attempt(
+                lambda: session.load_upload(ws, uploaded.getvalue(), uploaded.name, architecture=architecture, input_size=parse_size(size_text)),
+                uploaded.name,
+                "models_notice",
+            )
+    if st.session_state.get("models_notice"):
+        st.error(st.session_state["models_notice"], icon=":material/block:")
+
+with zoo_col:
+    st.subheader("Or pick a zoo model")
+    entries = {entry.name: entry for entry in model_zoo.entries()}
+    zoo_name = st.selectbox("Zoo model", list(entries), key="models_zoo")
+    entry = entries[zoo_name]
+    st.caption(f"{entry.framework} · {' x '.join(map(str, entry.input_size))} input · {len(entry.labels)} classes. {entry.description}")
+    if st.button("Load zoo model", key="models_zoo_load", type="primary", icon=":material/download:"):
+        with st.spinner(f"Loading {zoo_name}…"):
+            attempt(lambda: session.load_zoo(ws, zoo_name), zoo_name, "models_zoo_notice")
+    if st.session_state.get("models_zoo_notice"):
+        st.error(st.session_state["models_zoo_notice"], icon=":material/block:")
+    if not ws.models and st.button("Quick start: shapes-cnn-torch and a sample image", key="models_quick_start", icon=":material/bolt:"):
+        with st.spinner("Loading shapes-cnn-torch…"):
+            attempt(lambda: session.quick_start(ws), "shapes-cnn-torch", "models_zoo_notice", then=lambda: st.switch_page("pages/explain.py"))
+
+record = ws.model
+if record is None:
+    st.info("Load a model to see its summary, layers and a test prediction. Several models can be loaded and switched in the sidebar.")
+    st.stop()
+
+st.divider()
+head, remove = st.columns([5, 1], vertical_alignment="bottom")
+head.subheader(f"Active model: {record.name}")
+if remove.button("Unload", key=f"models_remove_{record.id}", icon=":material/delete:"):
+    session.remove_model(ws, record.id)
+    st.rerun()
+
+summary_col, settings_col = st.columns([2, 3], gap="large")
+with summary_col:
+    st.dataframe([{"model": k, "": v} for k, v in session.summary_rows(record)], hide_index=True, width="stretch")
+with settings_col:
+    preset = st.selectbox(
+        "Preprocessing preset",
+        list(PRESETS),
+        index=list(PRESETS).index(record.adapter.preset.name),
+        format_func=lambda name: f"{name} — {PRESETS[name].description}",
+        key=f"models_preset_{record.id}",
+        help="How pixels in [0, 1] become the model's input.",
+    )
+    session.set_preset(record, preset)
+    labels_file = st.file_uploader("Labels file (one per line, or JSON)", key=f"models_labels_{record.id}", type=["txt", "json", "csv"])
+    if labels_file is not None and session.new_uploads(ws, f"labels|{record.id}", [labels_file]):
+        attempt(lambda: session.set_labels(record, labels_file.getvalue(), labels_file.name), labels_file.name, "models_labels_notice")
+    if st.session_state.get("models_labels_notice"):
+        st.error(st.session_state["models_labels_notice"], icon=":material/block:")
+    sample, rows = session.test_prediction(ws, record)
+    st.markdown(f"**Test prediction** on `{sample.name}` · a forward pass takes {session.forward_seconds(record) * 1000:.1f} ms per image (batched)")
+    st.dataframe(
+        rows[:3],
+        column_config={"probability": st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.3f")},
+        column_order=["rank", "class", "probability", "score"],
+        hide_index=True,
+        width="stretch",
+    )
+
+st.markdown("**Layers** (output shapes channels-last; ✓ is the layer CAM methods use unless you pick another)")
+st.dataframe(session.layer_rows(record), hide_index=True, width="stretch", height=300)

@@ -1,0 +1,357 @@
+"""The app through streamlit.testing.v1.AppTest: every page renders, the zoo flow, uploads through the
+file uploader (AppTest 1.67 supports ``FileUploader.set_value``), refusals, and caching of results."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+import model_zoo
+from workbench import session
+from workbench.errors import ParameterError
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+PAGES = ("pages/models.py", "pages/images.py", "pages/explain.py", "pages/about.py")
+TIMEOUT = 180
+
+
+def zoo_built() -> bool:
+    return all(e.weights.is_file() for e in model_zoo.entries() if e.name.startswith("shapes-cnn")) and (
+        model_zoo.SAMPLES_DIR / "index.json"
+    ).is_file()
+
+
+needs_zoo = pytest.mark.skipif(not zoo_built(), reason="model zoo not built (python -m model_zoo.train)")
+
+
+def png_bytes() -> bytes:
+    if (model_zoo.SAMPLES_DIR / "index.json").is_file():
+        return model_zoo.samples()[0].image.read_bytes()
+    from PIL import Image
+
+    images, _, _ = model_zoo.shapes.generate(1, seed=7)
+    buffer = io.BytesIO()
+    Image.fromarray(images[0]).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def keras_bytes(tmp_path_factory) -> bytes:
+    """The zoo's Keras shapes CNN; a freshly built (untrained) one when the zoo is not built."""
+    shipped = model_zoo.WEIGHTS_DIR / "shapes_cnn.keras"
+    if shipped.is_file():
+        return shipped.read_bytes()
+    path = tmp_path_factory.mktemp("keras") / "shapes_cnn.keras"
+    model_zoo.build_keras("shapes-cnn").save(path)
+    return path.read_bytes()
+
+
+def start() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def page(at: AppTest, path: str) -> AppTest:
+    at.switch_page(path).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def workspace(at: AppTest) -> session.Workspace:
+    return at.session_state["workspace"]
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(el.proto.spec) for el in at.get("vega_lite_chart")]
+
+
+def chart_titles(at: AppTest) -> list[str]:
+    titles = []
+    for spec in charts(at):
+        title = spec.get("title")
+        titles.append(title.get("text") if isinstance(title, dict) else title or "")
+    return titles
+
+
+def load_zoo_and_sample(at: AppTest, model: str = "shapes-cnn-torch", sample: str | None = None) -> None:
+    page(at, "pages/models.py")
+    at.selectbox(key="models_zoo").set_value(model)
+    at.button(key="models_zoo_load").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    page(at, "pages/images.py")
+    at.multiselect(key="images_samples").set_value([sample or model_zoo.samples()[0].name]).run()
+    at.button(key="images_add_samples").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+
+
+class CountingExplain:
+    """Wraps Explainer.explain (the entry point every method runs through) and counts calls."""
+
+    def __init__(self, monkeypatch):
+        import explainers.base
+
+        self.calls = 0
+        original = explainers.base.Explainer.explain
+
+        def counted(this, *args, **kwargs):
+            self.calls += 1
+            return original(this, *args, **kwargs)
+
+        monkeypatch.setattr(explainers.base.Explainer, "explain", counted)
+
+
+# --------------------------------------------------------------------------- pages
+def test_every_page_renders_without_a_model():
+    at = start()
+    # AppTest (1.67) keeps the entry point's sidebar in its tree only before the first switch_page
+    assert any("Device: " in c.value for c in at.sidebar.caption)
+    for path in PAGES:
+        page(at, path)
+        if path != "pages/about.py":
+            assert at.info, f"{path} says what to do first"
+    assert [m.label for m in at.metric] == ["Device", "Trusted formats"]
+
+
+def test_home_page_imports_no_framework():
+    script = (
+        "import sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({APP!r}, default_timeout=120).run()\n"
+        "assert not at.exception, [e.value for e in at.exception]\n"
+        "print(sorted(m for m in ('torch', 'tensorflow', 'keras') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_unsafe_environment_stops_with_its_message(monkeypatch):
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert not at.exception
+    assert any("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" in e.value for e in at.error)
+
+
+# --------------------------------------------------------------------------- the main flow
+@needs_zoo
+def test_zoo_model_sample_three_methods_grid_and_agreement(monkeypatch):
+    spy = CountingExplain(monkeypatch)
+    at = start()
+    load_zoo_and_sample(at)
+    ws = workspace(at)
+    assert ws.model.name == "shapes-cnn-torch" and len(ws.images) == 1
+    assert any(spec.get("layer") or spec.get("mark") for spec in charts(at)), "top-5 chart on the Images page"
+
+    page(at, "pages/explain.py")
+    assert at.multiselect(key="explain_methods").value == ["gradcam", "integrated_gradients", "shap"]
+    assert any("estimated" in c.value for c in at.caption), "the cost is estimated before running"
+    at.button(key="explain_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert spy.calls == 3
+    # original + one overlay per method
+    assert len(at.image) == 4
+    assert any(t.startswith("Agreement") for t in chart_titles(at))
+    assert "Time per method" in chart_titles(at)
+    assert at.dataframe, "completeness table for IG and SHAP"
+    assert at.button(key="explain_run").disabled, "nothing left to compute"
+
+
+@needs_zoo
+def test_display_options_and_page_switches_call_no_explainer(monkeypatch):
+    at = start()
+    load_zoo_and_sample(at)
+    page(at, "pages/explain.py")
+    at.button(key="explain_run").click().run()
+    spy = CountingExplain(monkeypatch)
+
+    at.selectbox(key="display_normalise").set_value("image").run()
+    at.slider(key="display_opacity").set_value(0.8).run()
+    at.selectbox(key="display_cmap").set_value("viridis").run()
+    at.toggle(key="display_positive").set_value(True).run()
+    at.toggle(key="display_raw").set_value(True).run()
+    at.segmented_control(key="explain_metric").set_value("top-k % IoU").run()
+    at.slider(key="explain_k").set_value(25).run()
+    page(at, "pages/images.py")
+    page(at, "pages/about.py")
+    page(at, "pages/explain.py")
+    assert not at.exception
+    assert spy.calls == 0
+    assert len(at.image) == 4
+
+    # the spy does see work: new parameters are a cache miss, computed on Run
+    at.number_input(key="explain_integrated_gradients_steps").set_value(20).run()
+    assert not at.button(key="explain_run").disabled
+    at.button(key="explain_run").click().run()
+    assert spy.calls == 1
+
+
+@needs_zoo
+def test_parameter_over_a_cap_shows_the_message():
+    at = start()
+    load_zoo_and_sample(at)
+    page(at, "pages/explain.py")
+    at.number_input(key="explain_integrated_gradients_steps").set_value(10_000).run()
+    assert not at.exception
+    assert any("cap" in e.value and "WORKBENCH_MAX_IG_STEPS" in e.value for e in at.error)
+
+
+@needs_zoo
+def test_one_method_across_two_models():
+    at = start()
+    load_zoo_and_sample(at, "shapes-cnn-torch")
+    load_zoo_and_sample(at, "shapes-cnn-keras")
+    page(at, "pages/explain.py")
+    at.segmented_control(key="explain_mode").set_value("models").run()
+    at.selectbox(key="explain_method").set_value("gradcam").run()
+    at.button(key="explain_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert len(at.image) == 3  # original, torch map, keras map
+    assert any("Spearman" in m.value for m in at.markdown)
+
+
+
+@needs_zoo
+def test_sidebar_switches_the_active_model():
+    ws = session.Workspace()
+    for name in ("shapes-cnn-torch", "shapes-cnn-keras"):
+        session.load_zoo(ws, name, loader=session.load_base)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["workspace"] = ws
+    at.run()
+    assert at.selectbox(key="sidebar_model").value == "shapes-cnn-keras"
+    at.selectbox(key="sidebar_model").set_value("shapes-cnn-torch").run()
+    assert not at.exception
+    assert ws.active == "shapes-cnn-torch"
+    assert any("Active model: shapes-cnn-torch" in h.value for h in at.subheader)
+
+
+# --------------------------------------------------------------------------- uploads
+def test_keras_model_and_png_through_the_file_uploaders(keras_bytes):
+    at = start()
+    at.file_uploader(key="models_upload").set_value(("shapes_cnn.keras", keras_bytes, "application/octet-stream")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    ws = workspace(at)
+    assert ws.model is not None and ws.model.name == "shapes_cnn.keras"
+    assert ws.model.adapter.framework == "keras"
+    assert any("✓" in str(row) for row in at.dataframe[-1].value.to_dict("records")), "default CAM layer marked"
+
+    page(at, "pages/images.py")
+    at.file_uploader(key="images_upload").set_value([("sample.png", png_bytes(), "image/png")]).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert [e.name for e in ws.images.values()] == ["sample.png"]
+    assert at.selectbox(key=next(k for k in at.session_state if str(k).startswith("images_target_"))) is not None
+
+
+def test_refused_upload_shows_its_message_and_the_next_upload_works(keras_bytes):
+    at = start()
+    noise = np.random.default_rng(0).bytes(4096)
+    at.file_uploader(key="models_upload").set_value(("weights.pt", noise, "application/octet-stream")).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "weights.pt" in at.error[0].value
+    assert "Traceback" not in at.error[0].value and "\n" not in at.error[0].value
+    assert workspace(at).model is None
+
+    at.file_uploader(key="models_upload").set_value(("shapes_cnn.keras", keras_bytes, "application/octet-stream")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert workspace(at).model.name == "shapes_cnn.keras"
+
+
+def test_refused_image_shows_its_message_and_the_next_image_works():
+    at = start()
+    page(at, "pages/images.py")
+    at.file_uploader(key="images_upload").set_value([("scan.pdf", b"%PDF-1.7 not an image", "application/pdf")]).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "scan.pdf" in at.error[0].value
+    at.file_uploader(key="images_upload").set_value([("sample.png", png_bytes(), "image/png")]).run()
+    assert not at.exception and not at.error
+    assert len(workspace(at).images) == 1
+
+
+# --------------------------------------------------------------------------- session logic
+def test_bounded_cache_evicts_least_recently_used_by_count_and_bytes():
+    cache = session.BoundedCache(3)
+    for key in "abc":
+        cache.put(key, key)
+    cache.get("a")
+    cache.put("d", "d")
+    assert "b" not in cache and all(k in cache for k in "acd")
+    sized = session.BoundedCache(100, max_bytes=10, size=len)
+    sized.put("x", "123456")
+    sized.put("y", "123456")
+    assert "x" not in sized and "y" in sized and sized.nbytes == 6
+
+
+def test_result_key_depends_on_every_input():
+    class Record:
+        identity = "model"
+
+    class Entry:
+        id = "image"
+
+    base = dict(record=Record(), entry=Entry(), method="shap", params={"max_evals": 500}, klass=1, seed=0)
+    key = session.result_key(**base)
+    assert session.result_key(**base) == key
+    for change in (
+        {"method": "gradcam"},
+        {"params": {"max_evals": 501}},
+        {"klass": 2},
+        {"seed": 1},
+        {"background": ("other",)},
+    ):
+        assert session.result_key(**{**base, **change}) != key, change
+
+
+def test_new_uploads_hands_each_file_over_once():
+    class Upload:
+        def __init__(self, file_id):
+            self.file_id = file_id
+
+    ws = session.Workspace()
+    a, b = Upload("1"), Upload("2")
+    assert session.new_uploads(ws, "image", [a]) == [a]
+    assert session.new_uploads(ws, "image", [a, b]) == [b]
+    assert session.new_uploads(ws, "image", [a, b]) == []
+    assert session.new_uploads(ws, "model|other options", [a]) == [a]
+
+
+def test_plan_refuses_parameters_over_caps(monkeypatch):
+    monkeypatch.setenv("WORKBENCH_MAX_SHAP_EVALS", "100")
+    with pytest.raises(ParameterError, match="WORKBENCH_MAX_SHAP_EVALS"):
+        session.normalised_params(["shap"], {"shap": {"max_evals": 500}})
+
+
+def test_display_probabilities_softmax_only_for_logits():
+    logits = np.array([[2.0, 0.0, -1.0]])
+    probs = session.display_probabilities(logits, "logits")
+    assert np.isclose(probs.sum(), 1.0) and probs.argmax() == 0
+    given = np.array([[0.7, 0.2, 0.1]])
+    assert np.array_equal(session.display_probabilities(given, "probabilities"), given)
+
+
+@needs_zoo
+def test_two_sessions_share_one_parsed_model_but_not_their_settings():
+    loads = []
+
+    def loader(key, data):
+        loads.append(key)
+        return shared.setdefault(key, session.load_base(key, data))
+
+    shared = {}
+    alice, bob = session.Workspace(), session.Workspace()
+    a = session.load_zoo(alice, "shapes-cnn-torch", loader=loader)
+    b = session.load_zoo(bob, "shapes-cnn-torch", loader=loader)
+    assert a.base is b.base and a.adapter is not b.adapter
+    session.set_preset(a, "imagenet")
+    assert a.adapter.preset.name == "imagenet" and b.adapter.preset.name == "unit" and a.base.preset.name == "unit"
+    assert a.identity != b.identity, "results of different presets never mix"
+    assert a.adapter.lock is a.base.lock, "views guard the shared model with its one lock"

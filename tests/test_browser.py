@@ -1,0 +1,156 @@
+"""End to end in a real browser: Debian's Chromium drives ``streamlit run app.py`` through its real
+``<input type=file>`` elements — what AppTest cannot see (uploads over HTTP, layout, charts drawn)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import model_zoo
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts"
+GRID_IMAGES = "[data-testid='stMain'] [data-testid='stImage'] img"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.is_file(), reason="/usr/bin/chromium is not installed (apt-get install chromium)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, server: subprocess.Popen, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"streamlit exited with {server.returncode}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        time.sleep(0.5)
+    raise TimeoutError(f"streamlit was not healthy within {seconds:.0f} s")
+
+
+@pytest.fixture()
+def upload_files(tmp_path) -> tuple[Path, Path]:
+    """The zoo's Keras model and a zoo sample PNG (built on the spot when the zoo is not built)."""
+    model = model_zoo.WEIGHTS_DIR / "shapes_cnn.keras"
+    if not model.is_file():
+        model = tmp_path / "shapes_cnn.keras"
+        model_zoo.build_keras("shapes-cnn").save(model)
+    if (model_zoo.SAMPLES_DIR / "index.json").is_file():
+        image = model_zoo.samples()[0].image
+    else:
+        from PIL import Image
+
+        image = tmp_path / "sample.png"
+        Image.fromarray(model_zoo.shapes.generate(1, seed=7)[0][0]).save(image)
+    return model, image
+
+
+@pytest.fixture()
+def server(tmp_path):
+    port = free_port()
+    log_path = tmp_path / "streamlit.log"
+    env = {**os.environ, "WORKBENCH_DATA_DIR": str(tmp_path / "data")}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "streamlit", "run", "app.py",
+                "--server.headless", "true",
+                "--server.port", str(port),
+                "--server.address", "127.0.0.1",
+                "--server.fileWatcherType", "none",
+                "--browser.gatherUsageStats", "false",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+        ARTIFACTS.mkdir(exist_ok=True)
+        shutil.copy(log_path, ARTIFACTS / "streamlit.log")
+
+
+def test_upload_keras_model_and_image_then_compare_three_methods(server, upload_files):
+    from playwright.sync_api import expect, sync_playwright
+
+    model, image = upload_files
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(server)
+            expect(page.get_by_text("Upload a model")).to_be_visible()
+
+            page.locator("input[type=file]").first.set_input_files(str(model))
+            expect(page.get_by_text(f"Active model: {model.name}")).to_be_visible(timeout=90_000)
+            expect(page.get_by_text("Test prediction")).to_be_visible()
+
+            page.get_by_role("link", name="Images").click()
+            expect(page.get_by_text("Drop one or more images")).to_be_visible()
+            page.locator("input[type=file]").first.set_input_files(str(image))
+            expect(page.get_by_text("Target class")).to_be_visible()
+
+            page.get_by_role("link", name="Explain & compare").click()
+            run = page.get_by_role("button", name="Run")
+            expect(run).to_be_enabled()
+            run.click()
+            expect(page.get_by_text("Agreement and cost")).to_be_visible(timeout=120_000)
+
+            grid = page.locator(GRID_IMAGES)
+            expect(grid).to_have_count(4)  # the image and three heatmaps
+            page.wait_for_function(
+                "selector => [...document.querySelectorAll(selector)].every(img => img.complete && img.naturalWidth > 0)",
+                arg=GRID_IMAGES,
+            )
+            sidebar = page.locator("[data-testid='stSidebar']")
+            expect(sidebar.get_by_role("combobox", name="Active model")).to_have_value(model.name)
+            expect(sidebar.get_by_text("Images: 1")).to_be_visible()
+            charts = page.locator("[data-testid='stVegaLiteChart']")
+            expect(charts).to_have_count(2)  # agreement heatmap and time per method
+            expect(charts.first.locator("canvas, svg").first).to_be_visible()
+            # the app scrolls inside its main block, so a tall window shows the whole page
+            page.set_viewport_size({"width": 1500, "height": 2300})
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(ARTIFACTS / "browser_explain.png"))
+        finally:
+            browser.close()

@@ -1,0 +1,854 @@
+"""What the app's pages do, without the widgets: one user's workspace and the shared model cache.
+
+A :class:`Workspace` lives in ``st.session_state`` (one per browser session). It holds the
+models and images this user loaded, the target chosen per image, and a bounded cache of
+computed :class:`~workbench.result.Attribution` s keyed by the content hash of everything
+that decides them (model bytes and settings, image bytes, method, parameters, target, seed).
+Pages call the functions here and only lay out their answers, so changing a display
+option never recomputes anything.
+
+Models are shared between sessions: the bytes are parsed once per process and kept in
+``st.cache_resource`` (bounded, keyed by the sha256 of the bytes and the load settings).
+A session never mutates the shared adapter: preset and labels are applied to a shallow
+view of it (:func:`configured`), and every model call holds the adapter's lock.
+
+Nothing here imports torch or tensorflow; :mod:`workbench.intake` does, when a model loads.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import pathlib
+import threading
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .adapters.base import ModelAdapter
+from .errors import ParameterError, WorkbenchError
+from .images import LoadedImage, load_image
+from .result import Attribution, Comparison, ExplainedImage
+from .settings import Settings, get_settings
+
+log = logging.getLogger("workbench.app")
+
+MAX_SHARED_MODELS = 8  # parsed models kept per process (st.cache_resource max_entries)
+MAX_SESSION_MODELS = 6  # models one session keeps loaded
+MAX_SESSION_RESULTS = 512  # attributions one session keeps ...
+MAX_SESSION_RESULT_BYTES = 128 * 1024 * 1024  # ... and their arrays' bytes
+MAX_SESSION_PREDICTIONS = 1024
+DEFAULT_METHODS = ("gradcam", "integrated_gradients", "shap")
+TOP_K = 5
+
+Progress = Callable[[float, str], None]
+
+
+# ---------------------------------------------------------------------------- keys
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def digest(value: Any) -> str:
+    """Stable content hash of a JSON-able value (dict keys sorted)."""
+    text = json.dumps(value, sort_keys=True, default=_json_default, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _json_default(value: Any):
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, (tuple, set, frozenset)):
+        return list(value)
+    raise TypeError(f"not JSON-able: {type(value).__name__}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelKey:
+    """What makes two loads the same model: the bytes and every setting the load depends on."""
+
+    sha256: str  # of the uploaded bytes; "zoo:<name>" for zoo models
+    filename: str
+    architecture: str | None = None
+    input_size: tuple[int, int, int] | None = None
+    device: str = "auto"
+    trusted_formats: bool = False
+
+    @property
+    def text(self) -> str:
+        """The key as one string: what st.cache_resource hashes."""
+        return digest(dataclasses.asdict(self))
+
+
+# ---------------------------------------------------------------------------- shared models
+def load_base(key: ModelKey, data: bytes | None) -> ModelAdapter:
+    """Parse and validate a model (the expensive, shareable part). Raises WorkbenchError subclasses."""
+    from . import intake
+
+    if key.sha256.startswith("zoo:"):
+        adapter = intake.load_zoo_model(key.sha256[4:])
+    else:
+        adapter = intake.load_model(
+            data,
+            filename=key.filename,
+            architecture=key.architecture,
+            input_size=key.input_size,
+            device=key.device,
+        )
+    with adapter.lock:
+        adapter.layers()  # traced once here, so every view shares the table
+    return adapter
+
+
+@functools.cache
+def _process_cache():
+    import streamlit as st
+
+    @st.cache_resource(max_entries=MAX_SHARED_MODELS, show_spinner=False)
+    def shared_model(key_text: str, _key: ModelKey, _data: bytes | None) -> ModelAdapter:
+        return load_base(_key, _data)
+
+    return shared_model
+
+
+def shared_loader() -> Callable[[ModelKey, bytes | None], ModelAdapter]:
+    """Loads through the process-wide ``st.cache_resource``: two users with the same bytes share one model."""
+    cached = _process_cache()
+    return lambda key, data: cached(key.text, key, data)
+
+
+def configured(base: ModelAdapter, *, preset: str | None = None, labels: Sequence[str] | None = None) -> ModelAdapter:
+    """A view of a shared adapter with this session's preset and labels (None: the base's own).
+
+    A shallow copy: the framework model, its lock and its layer table are the base's;
+    only the preset and labels (plain attributes of the adapter) are the view's own.
+    Raises ModelRejected when the labels do not fit the model's classes.
+    """
+    view = copy.copy(base)
+    if preset is not None:
+        view.set_preset(preset)
+    if labels is not None:
+        view.with_labels(labels)
+    return view
+
+
+# ---------------------------------------------------------------------------- workspace records
+@dataclasses.dataclass
+class LoadedModel:
+    id: str  # unique in the session
+    name: str  # shown in the UI
+    source: str  # "upload" | "zoo"
+    key: ModelKey
+    base: ModelAdapter  # shared; never mutated
+    adapter: ModelAdapter  # this session's view (preset, labels)
+    size_bytes: int = 0
+    preset: str | None = None  # None: the base adapter's preset
+    labels: tuple[str, ...] | None = None  # None: the base adapter's labels
+    labels_file: str | None = None
+    forward_seconds: float | None = None
+
+    def reconfigure(self) -> None:
+        self.adapter = configured(self.base, preset=self.preset, labels=self.labels)
+        self.forward_seconds = None
+
+    @property
+    def identity(self) -> str:
+        """Everything that decides this model's outputs and labels, hashed: part of every result key."""
+        return digest([self.key.text, self.base.fingerprint, self.adapter.preset.name, list(self.adapter.labels)])
+
+
+@dataclasses.dataclass
+class ImageEntry:
+    image: LoadedImage
+    source: str  # "upload" | "zoo"
+    mask: np.ndarray | None = None  # ground-truth object mask (zoo samples)
+    label: str | None = None  # ground-truth class name (zoo samples)
+
+    @property
+    def id(self) -> str:
+        return self.image.sha256
+
+    @property
+    def name(self) -> str:
+        return self.image.name
+
+
+class BoundedCache:
+    """A least-recently-used dict bounded in entries and, optionally, in bytes (thread-safe)."""
+
+    def __init__(self, max_entries: int, max_bytes: int | None = None, size: Callable[[Any], int] | None = None):
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._size = size or (lambda value: 0)
+        self._items: collections.OrderedDict[str, tuple[Any, int]] = collections.OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: str) -> Any | None:
+        with self._lock:
+            if key not in self._items:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._items.move_to_end(key)
+            return self._items[key][0]
+
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def put(self, key: str, value: Any) -> None:
+        with self._lock:
+            if key in self._items:
+                self._bytes -= self._items.pop(key)[1]
+            size = int(self._size(value))
+            self._items[key] = (value, size)
+            self._bytes += size
+            while len(self._items) > 1 and (
+                len(self._items) > self.max_entries or (self.max_bytes is not None and self._bytes > self.max_bytes)
+            ):
+                self._bytes -= self._items.popitem(last=False)[1][1]
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def attribution_bytes(result: Attribution) -> int:
+    return result.map.nbytes + (result.channels.nbytes if result.channels is not None else 0)
+
+
+@dataclasses.dataclass
+class Workspace:
+    """One user's state: kept in ``st.session_state['workspace']``."""
+
+    models: dict[str, LoadedModel] = dataclasses.field(default_factory=dict)
+    active: str | None = None
+    images: dict[str, ImageEntry] = dataclasses.field(default_factory=dict)
+    targets: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)  # (model identity, image id)
+    left_out: set[str] = dataclasses.field(default_factory=set)  # image ids the user took out of comparisons
+    results: BoundedCache = dataclasses.field(
+        default_factory=lambda: BoundedCache(MAX_SESSION_RESULTS, MAX_SESSION_RESULT_BYTES, attribution_bytes)
+    )
+    predictions: BoundedCache = dataclasses.field(default_factory=lambda: BoundedCache(MAX_SESSION_PREDICTIONS))
+    pixels: BoundedCache = dataclasses.field(default_factory=lambda: BoundedCache(256, 64 * 1024 * 1024, lambda a: a.nbytes))
+    handled_uploads: set = dataclasses.field(default_factory=set)
+    explainer_runs: int = 0  # explainer calls made for this session (shown on About)
+
+    @property
+    def model(self) -> LoadedModel | None:
+        return self.models.get(self.active) if self.active else None
+
+
+# ---------------------------------------------------------------------------- models
+def _activate_existing(ws: Workspace, key: ModelKey) -> LoadedModel | None:
+    for existing in ws.models.values():
+        if existing.key == key:
+            ws.active = existing.id
+            return existing
+    return None
+
+
+def _add_model(ws: Workspace, record: LoadedModel) -> LoadedModel:
+    if len(ws.models) >= MAX_SESSION_MODELS:
+        oldest = next(m for m in ws.models if m != ws.active)
+        del ws.models[oldest]
+    ws.models[record.id] = record
+    ws.active = record.id
+    return record
+
+
+def _unique_id(ws: Workspace, stem: str) -> str:
+    candidate, n = stem, 2
+    while candidate in ws.models:
+        candidate, n = f"{stem} ({n})", n + 1
+    return candidate
+
+
+def load_upload(
+    ws: Workspace,
+    data: bytes,
+    filename: str,
+    *,
+    architecture: str | None = None,
+    input_size: tuple[int, int, int] | None = None,
+    loader: Callable[[ModelKey, bytes | None], ModelAdapter] | None = None,
+    settings: Settings | None = None,
+) -> LoadedModel:
+    """An uploaded model file -> the session's active model. Raises WorkbenchError with a one-line message."""
+    settings = settings or get_settings()
+    key = ModelKey(
+        sha256=sha256(data),
+        filename=filename,
+        architecture=architecture or None,
+        input_size=tuple(input_size) if input_size else None,
+        trusted_formats=settings.trusted_formats,
+    )
+    if (existing := _activate_existing(ws, key)) is not None:
+        return existing
+    base = (loader or shared_loader())(key, data)
+    record = LoadedModel(
+        id=_unique_id(ws, filename),
+        name=filename,
+        source="upload",
+        key=key,
+        base=base,
+        adapter=configured(base),
+        size_bytes=len(data),
+    )
+    return _add_model(ws, record)
+
+
+def load_zoo(ws: Workspace, name: str, *, loader: Callable[[ModelKey, bytes | None], ModelAdapter] | None = None) -> LoadedModel:
+    key = ModelKey(sha256=f"zoo:{name}", filename=name)
+    if (existing := _activate_existing(ws, key)) is not None:
+        return existing
+    base = (loader or shared_loader())(key, None)
+    record = LoadedModel(id=_unique_id(ws, name), name=name, source="zoo", key=key, base=base, adapter=configured(base))
+    return _add_model(ws, record)
+
+
+QUICK_START_MODEL = "shapes-cnn-torch"
+
+
+def quick_start(ws: Workspace, *, loader: Callable[[ModelKey, bytes | None], ModelAdapter] | None = None) -> LoadedModel:
+    """A new user's first step: the zoo's shapes CNN and its first sample (with its mask)."""
+    import model_zoo
+
+    try:
+        sample = model_zoo.samples()[0]
+    except (OSError, IndexError):
+        raise WorkbenchError("The model zoo has no samples; build it with python -m model_zoo.train.") from None
+    record = load_zoo(ws, QUICK_START_MODEL, loader=loader)
+    add_sample(ws, sample)
+    return record
+
+
+def set_preset(record: LoadedModel, preset: str) -> None:
+    if preset != record.adapter.preset.name:
+        record.preset = preset
+        record.reconfigure()
+
+
+def set_labels(record: LoadedModel, data: bytes | None, filename: str | None) -> None:
+    """Apply a labels file, or go back to the model's own labels with ``data=None``.
+
+    Raises WorkbenchError (and keeps the current labels) when the file does not fit the model.
+    """
+    if data is None:
+        record.labels, record.labels_file = None, None
+        record.reconfigure()
+        return
+    from . import intake
+
+    labels = tuple(intake.read_labels(data, filename))
+    configured(record.base, labels=labels)  # raises before anything changes
+    record.labels, record.labels_file = labels, filename
+    record.reconfigure()
+
+
+def remove_model(ws: Workspace, model_id: str) -> None:
+    ws.models.pop(model_id, None)
+    if ws.active == model_id:
+        ws.active = next(iter(ws.models), None)
+
+
+FORWARD_PROBE_BATCH = 8
+
+
+def forward_seconds(record: LoadedModel) -> float:
+    """Seconds of forward pass per image, measured once per model and preset: the base of every estimate.
+
+    Measured on a batch of :data:`FORWARD_PROBE_BATCH`, because the methods that cost
+    (IG, SHAP, SmoothGrad, Score-CAM) call the model in batches; one image alone costs
+    many times more per image on a CPU (``analysis.measure_forward_seconds`` measures that).
+    """
+    if record.forward_seconds is None:
+        adapter = record.adapter
+        with adapter.lock:
+            x = adapter.test_input(FORWARD_PROBE_BATCH)
+            adapter.predict(x)  # warm-up
+            times = []
+            for _ in range(3):
+                started = time.perf_counter()
+                adapter.predict(x)
+                times.append(time.perf_counter() - started)
+        record.forward_seconds = float(np.median(times)) / FORWARD_PROBE_BATCH
+    return record.forward_seconds
+
+
+def summary_rows(record: LoadedModel) -> list[tuple[str, str]]:
+    info = record.adapter.info()
+    h, w, c = info.input_size
+    return [
+        ("Framework", info.framework),
+        ("Format", info.source_format),
+        ("Parameters", f"{info.parameters:,}"),
+        ("Input", f"{h} x {w} x {c} ({info.layout})"),
+        ("Classes", f"{info.num_classes}" + (f" (labels from {record.labels_file})" if record.labels_file else "")),
+        ("Outputs", info.output_kind),
+        ("Preprocessing", info.preset),
+        ("Device", info.device),
+        ("CAM layer", _default_layer(record.adapter) or "none (no spatial layer)"),
+        ("Fingerprint", info.fingerprint.rsplit(":", 1)[-1][:16]),
+    ]
+
+
+def _default_layer(adapter: ModelAdapter) -> str | None:
+    try:
+        return adapter.default_cam_layer()
+    except WorkbenchError:
+        return None
+
+
+def layer_rows(record: LoadedModel) -> list[dict[str, Any]]:
+    adapter = record.adapter
+    default = _default_layer(adapter)
+    return [
+        {
+            "#": layer.order,
+            "layer": layer.name,
+            "kind": layer.kind,
+            "output shape": " x ".join(map(str, layer.output_shape)),
+            "CAM default": "✓" if layer.name == default else "",
+        }
+        for layer in sorted(adapter.layers(), key=lambda layer: layer.order)
+    ]
+
+
+def spatial_layers(record: LoadedModel) -> list[str]:
+    return [layer.name for layer in sorted(record.adapter.layers(), key=lambda layer: layer.order) if layer.spatial]
+
+
+# ---------------------------------------------------------------------------- images
+def add_image(ws: Workspace, data: bytes, name: str, *, settings: Settings | None = None) -> ImageEntry:
+    """An uploaded image -> the workspace (the same bytes twice are one image). Raises ImageRejected."""
+    image = load_image(data, name, settings=settings)
+    if image.sha256 not in ws.images:
+        ws.images[image.sha256] = ImageEntry(image=image, source="upload")
+    return ws.images[image.sha256]
+
+
+def add_sample(ws: Workspace, sample) -> ImageEntry:
+    """A zoo sample (a :class:`model_zoo.Sample`) with its ground-truth mask and label."""
+    import model_zoo
+
+    data = pathlib.Path(sample.image).read_bytes()
+    image = load_image(data, f"{sample.name}.png")
+    if image.sha256 not in ws.images:
+        _, mask = model_zoo.load_sample(sample)
+        label = model_zoo.CLASSES[sample.label] if 0 <= sample.label < len(model_zoo.CLASSES) else str(sample.label)
+        ws.images[image.sha256] = ImageEntry(image=image, source="zoo", mask=mask, label=label)
+    return ws.images[image.sha256]
+
+
+def remove_image(ws: Workspace, image_id: str) -> None:
+    ws.images.pop(image_id, None)
+
+
+def new_uploads(ws: Workspace, scope: str, files: Iterable[Any]) -> list[Any]:
+    """Uploaded files this session has not handled yet (by the uploader's file id), marked handled.
+
+    The uploader hands the same files back on every rerun; each is processed once.
+    """
+    fresh = []
+    for f in files or ():
+        token = (scope, getattr(f, "file_id", None) or id(f))
+        if token not in ws.handled_uploads:
+            ws.handled_uploads.add(token)
+            fresh.append(f)
+    return fresh
+
+
+# ---------------------------------------------------------------------------- predictions
+def predictions(ws: Workspace, record: LoadedModel, entries: Sequence[ImageEntry]) -> np.ndarray:
+    """Model outputs [N, K] for the entries, as the model gives them (cached per model and image)."""
+    from .analysis import model_inputs
+
+    missing = [e for e in entries if f"{record.identity}/{e.id}" not in ws.predictions]
+    if missing:
+        adapter = record.adapter
+        with adapter.lock:
+            outputs = adapter.predict(model_inputs(adapter, [e.image for e in missing])[1])
+        for entry, row in zip(missing, np.asarray(outputs, dtype=np.float32)):
+            ws.predictions.put(f"{record.identity}/{entry.id}", row)
+    rows = [ws.predictions.get(f"{record.identity}/{e.id}") for e in entries]
+    return np.stack(rows) if rows else np.zeros((0, record.adapter.num_classes), np.float32)
+
+
+def display_probabilities(outputs: np.ndarray, output_kind: str) -> np.ndarray:
+    """Probabilities for display: softmax of logits; probabilities as given."""
+    x = np.asarray(outputs, dtype=np.float64)
+    if output_kind == "probabilities":
+        return x
+    x = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def top_predictions(ws: Workspace, record: LoadedModel, entry: ImageEntry, k: int = TOP_K) -> list[dict[str, Any]]:
+    """The k best classes: rank, label, probability (softmax for display when the model gives logits), raw score."""
+    outputs = predictions(ws, record, [entry])[0]
+    probs = display_probabilities(outputs[None], record.adapter.output_kind)[0]
+    labels = record.adapter.labels
+    order = np.argsort(-outputs, kind="stable")[:k]
+    return [
+        {"rank": r + 1, "class": labels[i], "index": int(i), "probability": float(probs[i]), "score": float(outputs[i])}
+        for r, i in enumerate(order)
+    ]
+
+
+def test_prediction(ws: Workspace, record: LoadedModel, k: int = TOP_K) -> tuple[ImageEntry, list[dict[str, Any]]]:
+    """Top-k on the first loaded image, else on the first zoo sample, else on a random image."""
+    entry = next(iter(ws.images.values()), None) or _first_sample()
+    return entry, top_predictions(ws, record, entry, k)
+
+
+@functools.cache
+def _first_sample() -> ImageEntry:
+    import model_zoo
+
+    try:
+        sample = model_zoo.samples()[0]
+        return ImageEntry(image=load_image(pathlib.Path(sample.image).read_bytes(), f"{sample.name}.png"), source="zoo")
+    except (OSError, IndexError, WorkbenchError):
+        pixels = np.random.default_rng(0).random((64, 64, 3), dtype=np.float32)
+        image = LoadedImage(name="a random image", pixels=pixels, sha256="random-test-image", format="", original_size=(64, 64), notes=())
+        return ImageEntry(image=image, source="random")
+
+
+def predicted_class(ws: Workspace, record: LoadedModel, entry: ImageEntry) -> int:
+    return int(np.argmax(predictions(ws, record, [entry])[0]))
+
+
+def target(ws: Workspace, record: LoadedModel, entry: ImageEntry) -> int:
+    """The class explained for this image: the user's choice, else the predicted class."""
+    chosen = ws.targets.get((record.identity, entry.id))
+    return chosen if chosen is not None else predicted_class(ws, record, entry)
+
+
+def set_target(ws: Workspace, record: LoadedModel, entry: ImageEntry, klass: int | None) -> None:
+    if klass is None or klass == predicted_class(ws, record, entry):
+        ws.targets.pop((record.identity, entry.id), None)
+    else:
+        ws.targets[(record.identity, entry.id)] = int(klass)
+
+
+# ---------------------------------------------------------------------------- explaining
+def normalised_params(methods: Sequence[str], params: Mapping[str, Mapping] | None, settings: Settings | None = None) -> dict[str, dict]:
+    """Every method's parameters checked against its Params and this deployment's caps (ParameterError)."""
+    import explainers
+
+    settings = settings or get_settings()
+    out = {}
+    for name in methods:
+        if name not in explainers.REGISTRY:
+            raise ParameterError(f"Unknown method {name!r}; choose from {', '.join(explainers.REGISTRY)}.")
+        out[name] = explainers.REGISTRY[name].normalise_params(dict((params or {}).get(name) or {}), settings)
+    return out
+
+
+def params_for(record: LoadedModel, params: Mapping[str, Mapping]) -> dict[str, dict]:
+    """The parameters with a layer this model lacks put back to automatic (comparing models with other layer names)."""
+    layers = set(spatial_layers(record))
+    return {
+        method: {**values, "layer": None} if values.get("layer") and values["layer"] not in layers else dict(values)
+        for method, values in params.items()
+    }
+
+
+def result_key(
+    record: LoadedModel,
+    entry: ImageEntry,
+    method: str,
+    params: Mapping,
+    klass: int,
+    seed: int,
+    background: Sequence[str] = (),
+) -> str:
+    """Content hash of everything that decides one attribution (``background``: image ids, for methods that use one)."""
+    key = {"model": record.identity, "image": entry.id, "method": method, "params": dict(params), "target": klass, "seed": seed}
+    if background:
+        key["background"] = list(background)
+    return digest(key)
+
+
+def _background_ids(method: str, background: Sequence[ImageEntry] | None) -> tuple[str, ...]:
+    import explainers
+
+    return tuple(e.id for e in background or ()) if explainers.REGISTRY[method].uses_background else ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a run would compute: the (image, method) pairs missing from the cache, and their estimated cost."""
+
+    methods: tuple[str, ...]
+    params: Mapping[str, Mapping]
+    targets: tuple[int, ...]
+    missing: Mapping[str, tuple[int, ...]]  # method -> indexes of entries to compute
+    estimate: Mapping[str, Mapping[str, float]]  # method -> evaluations, seconds (for the missing images)
+    background: tuple[ImageEntry, ...] = ()
+
+    def key(self, record: LoadedModel, entry: ImageEntry, index: int, method: str, seed: int) -> str:
+        return result_key(
+            record, entry, method, self.params[method], self.targets[index], seed, _background_ids(method, self.background)
+        )
+
+    @property
+    def results_to_compute(self) -> int:
+        return sum(len(v) for v in self.missing.values())
+
+    @property
+    def cached(self) -> bool:
+        return not any(self.missing.values())
+
+    @property
+    def seconds(self) -> float:
+        return float(sum(e["seconds"] for e in self.estimate.values()))
+
+    @property
+    def evaluations(self) -> int:
+        return int(sum(e["evaluations"] for e in self.estimate.values()))
+
+
+def plan(
+    ws: Workspace,
+    record: LoadedModel,
+    entries: Sequence[ImageEntry],
+    methods: Sequence[str],
+    params: Mapping[str, Mapping] | None,
+    seed: int,
+    *,
+    background: Sequence[ImageEntry] | None = None,
+    settings: Settings | None = None,
+) -> Plan:
+    """Check the request (caps included) and find what is not computed yet; estimate its cost.
+
+    ``background``: images for the methods that use a background set (None: each method's default).
+    """
+    from .analysis import estimate
+
+    settings = settings or get_settings()
+    if not entries:
+        raise ParameterError("Add at least one image on the Images page.")
+    if not methods:
+        raise ParameterError("Pick at least one method.")
+    if len(entries) > settings.max_images_per_run:
+        raise ParameterError(
+            f"{len(entries)} images is over this deployment's limit of {settings.max_images_per_run} per run "
+            "(setting WORKBENCH_MAX_IMAGES_PER_RUN)."
+        )
+    normal = normalised_params(methods, params, settings)
+    targets = tuple(target(ws, record, e) for e in entries)
+    work = Plan(tuple(methods), normal, targets, {}, {}, tuple(background or ()))
+    missing = {m: tuple(i for i, e in enumerate(entries) if work.key(record, e, i, m, seed) not in ws.results) for m in methods}
+    costs = {}
+    todo = [m for m in methods if missing[m]]
+    if todo:
+        per_method = estimate(record.adapter, todo, normal, 1, forward_seconds(record), background_size=len(work.background))
+        costs = {m: {k: v * len(missing[m]) for k, v in per_method[m].items()} for m in todo}
+    return dataclasses.replace(work, missing=missing, estimate=costs)
+
+
+def run(
+    ws: Workspace,
+    record: LoadedModel,
+    entries: Sequence[ImageEntry],
+    work: Plan,
+    seed: int,
+    *,
+    progress: Progress | None = None,
+    settings: Settings | None = None,
+) -> Comparison:
+    """Compute what ``work`` found missing (one run_comparison per method), cache it, and assemble the comparison."""
+    from .analysis import run_comparison
+
+    todo = [m for m in work.methods if work.missing.get(m)]
+    weights = {m: max(work.estimate.get(m, {}).get("seconds", 0.0), 1e-3) for m in todo}
+    total = sum(weights.values()) or 1.0
+    done = 0.0
+    for method in todo:
+        indexes = work.missing[method]
+        subset = [entries[i] for i in indexes]
+
+        def report(fraction: float, message: str, _start=done, _weight=weights[method]) -> None:
+            if progress:
+                progress(min(1.0, (_start + fraction * _weight) / total), message)
+
+        started = time.perf_counter()
+        with record.adapter.lock:
+            comparison = run_comparison(
+                record.adapter,
+                [e.image for e in subset],
+                [method],
+                params={method: work.params[method]},
+                targets=[work.targets[i] for i in indexes],
+                seed=seed,
+                background=[e.image for e in work.background] if _background_ids(method, work.background) else None,
+                progress=report,
+                settings=settings,
+            )
+        ws.explainer_runs += 1
+        log.info("%s on %d image(s) of %s in %.2f s", method, len(subset), record.name, time.perf_counter() - started)
+        for i, row in zip(indexes, comparison.results):
+            ws.results.put(work.key(record, entries[i], i, method, seed), row[0])
+        done += weights[method]
+    if progress:
+        progress(1.0, "done")
+    found = cached_comparison(ws, record, entries, work, seed)
+    assert found is not None
+    return found
+
+
+def model_pixels(ws: Workspace, record: LoadedModel, entry: ImageEntry) -> np.ndarray:
+    """The image resized to the model's input (for display under the maps), cached per size."""
+    from .analysis import to_model_pixels
+
+    key = f"{record.adapter.input_size}/{entry.id}"
+    found = ws.pixels.get(key)
+    if found is None:
+        found = to_model_pixels(record.adapter, entry.image)
+        ws.pixels.put(key, found)
+    return found
+
+
+def cached_comparison(ws: Workspace, record: LoadedModel, entries: Sequence[ImageEntry], work: Plan, seed: int) -> Comparison | None:
+    """The comparison from cached results only; None when any pair is missing. Calls no explainer."""
+    rows = []
+    for i, entry in enumerate(entries):
+        row = []
+        for method in work.methods:
+            found = ws.results.get(work.key(record, entry, i, method, seed))
+            if found is None:
+                return None
+            row.append(found)
+        rows.append(tuple(row))
+    adapter = record.adapter
+    labels = adapter.labels
+    images = tuple(
+        ExplainedImage(
+            name=e.name,
+            sha256=e.id,
+            pixels=model_pixels(ws, record, e),
+            target=work.targets[i],
+            target_label=labels[work.targets[i]],
+            notes=e.image.notes,
+        )
+        for i, e in enumerate(entries)
+    )
+    info = adapter.info()
+    model = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(info).items()}
+    model["name"] = record.name
+    return Comparison(
+        model=model,
+        images=images,
+        methods=tuple(work.methods),
+        results=tuple(rows),
+        seed=seed,
+        versions=library_versions(),
+        created=time.time(),
+    )
+
+
+# ---------------------------------------------------------------------------- what the charts show
+def agreement_rows(results: Sequence[Attribution], names: Sequence[str], percent: float) -> list[dict[str, Any]]:
+    """Long-form pairwise agreement: one row per (a, b, metric)."""
+    from .agreement import agreement_matrix
+
+    matrices = agreement_matrix(results, percent)
+    rows = []
+    for metric, label in (("spearman", "Spearman ρ"), ("iou", f"top-{percent:g}% IoU")):
+        m = matrices[metric]
+        for i, a in enumerate(names):
+            for j, b in enumerate(names):
+                rows.append({"a": a, "b": b, "metric": label, "value": float(m[i, j])})
+    return rows
+
+
+def timing_rows(results: Sequence[Attribution], names: Sequence[str]) -> list[dict[str, Any]]:
+    return [{"method": n, "seconds": float(r.seconds), "evaluations": int(r.evaluations)} for r, n in zip(results, names)]
+
+
+def completeness_rows(results: Sequence[Attribution], names: Sequence[str]) -> list[dict[str, Any]]:
+    """Where a method claims completeness (sum of the map = f(x) - reference), how far it is off."""
+    rows = []
+    for r, n in zip(results, names):
+        total = float(np.sum(r.channels if r.channels is not None else r.map, dtype=np.float64))
+        rows.append(
+            {
+                "method": n,
+                "f(x)": r.target_score,
+                "reference": r.reference_score,
+                "sum of attributions": total if r.reference_score is not None else None,
+                "gap": r.completeness_gap,
+                "gap / |f(x) - reference|": r.completeness_ratio,
+            }
+        )
+    return rows
+
+
+def cross_model_agreement(a: Attribution, b: Attribution, percent: float) -> dict[str, float]:
+    """Spearman and top-k IoU between one method's maps from two models (resized to the first's size)."""
+    from .agreement import spearman, top_k_iou
+    from .resize import bilinear_resize
+
+    mb = b.map
+    if mb.shape != a.map.shape:
+        mb = bilinear_resize(mb[None], a.map.shape)[0]
+    return {"spearman": spearman(a.map, mb), "iou": top_k_iou(a.map, mb, percent)}
+
+
+def npz_bytes(comparison: Comparison, image_index: int) -> bytes:
+    """Every raw map of one image as an .npz (one array per method, plus the model-size pixels)."""
+    import io
+
+    buffer = io.BytesIO()
+    arrays = {m: comparison.results[image_index][j].map for j, m in enumerate(comparison.methods)}
+    arrays["pixels"] = comparison.images[image_index].pixels
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------- environment
+@functools.cache
+def library_versions() -> dict[str, str]:
+    """analysis.versions(), read once per process (package metadata does not change under a running app)."""
+    from .analysis import versions
+
+    return versions()
+
+
+def device_description(ws: Workspace | None = None) -> str:
+    """The active model's device, else what the machine has, found without importing a framework."""
+    if ws is not None and ws.model is not None:
+        return ws.model.adapter.device
+    gpus = []
+    for info in sorted(pathlib.Path("/proc/driver/nvidia/gpus").glob("*/information")):
+        try:
+            for line in info.read_text().splitlines():
+                if line.startswith("Model:"):
+                    gpus.append(line.split(":", 1)[1].strip())
+        except OSError:
+            continue
+    return f"GPU: {', '.join(gpus)}" if gpus else "CPU"
+
+
+def settings_rows(settings: Settings | None = None) -> list[dict[str, Any]]:
+    settings = settings or get_settings()
+    return [
+        {"setting": f.name, "value": str(getattr(settings, f.name)), "environment variable": f"WORKBENCH_{f.name.upper()}"}
+        for f in dataclasses.fields(settings)
+        if f.name not in ("database_url",)
+    ]

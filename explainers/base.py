@@ -100,6 +100,8 @@ class Calls:
 
     def _chunked(self, fn, n: int, *args):
         """fn(slice) -> tuple of arrays or array; concatenated over chunks along axis 0."""
+        if n == 0:
+            raise ParameterError("Nothing to evaluate: the batch is empty.")
         parts = []
         start = 0
         while start < n:
@@ -114,6 +116,8 @@ class Calls:
                 self.notes.append(f"out of device memory; chunk halved to {self.chunk} and retried")
                 continue
             start = stop
+        if len(parts) == 1:  # the usual case: no copy of what may be a large gradient array
+            return parts[0]
         if isinstance(parts[0], tuple):
             return tuple(np.concatenate([p[i] for p in parts]) for i in range(len(parts[0])))
         return np.concatenate(parts)
@@ -218,6 +222,8 @@ class Explainer:
             raise ParameterError(
                 f"Images must be [N, {', '.join(map(str, adapter.input_size))}] model input; got {tuple(batch.shape)}."
             )
+        if len(batch) == 0:
+            raise ParameterError("Give at least one image to explain.")
         calls = Calls(adapter, settings, max_rows=self.max_rows(p))
         started = time.perf_counter()
         if targets is None:

@@ -1,8 +1,11 @@
 """Expected Gradients (gradient SHAP) — Erion et al. 2021, https://arxiv.org/abs/1906.10670
 
-shap.GradientExplainer's algorithm: for each sample draw a background image x' and
-alpha ~ U(0, 1), take the gradient at x' + alpha (x - x') times (x - x'), and average.
-In expectation the attributions sum to f(x) - E[f(x')].
+The expectation over background images x' and alpha ~ U(0, 1) of the gradient at
+x' + alpha (x - x') times (x - x'), which sums to f(x) - mean f(x') (shap.GradientExplainer's
+quantity). Sampled with less variance than independent draws: each background image gets an
+equal share of the samples (in random order; a random subset when there are fewer samples than
+images), and its alphas are stratified, one uniform draw in each of [k/m, (k+1)/m). The
+estimate stays unbiased; the additivity error falls much faster with the number of samples.
 """
 
 from __future__ import annotations
@@ -21,6 +24,23 @@ def default_background(x_shape, preset, seed: int) -> np.ndarray:
     return preset.apply(unit)
 
 
+def stratified_samples(samples: int, backgrounds: int, rng: np.random.Generator):
+    """-> (background index, alpha, weight) per sample; the weights sum to 1 and give every
+    background image the same total weight, so the expectation is the mean over the background."""
+    if samples < backgrounds:
+        picks = rng.choice(backgrounds, size=samples, replace=False)
+        return picks, rng.random(samples), np.full(samples, 1.0 / samples)
+    picks = rng.permutation(np.arange(samples) % backgrounds)
+    alphas = np.empty(samples)
+    weights = np.empty(samples)
+    for j in range(backgrounds):
+        rows = np.flatnonzero(picks == j)
+        m = len(rows)
+        alphas[rows] = (rng.permutation(m) + rng.random(m)) / m
+        weights[rows] = 1.0 / (backgrounds * m)
+    return picks, alphas, weights
+
+
 @register
 class ExpectedGradients(Explainer):
     name = "expected_gradients"
@@ -35,6 +55,7 @@ class ExpectedGradients(Explainer):
 
     @classmethod
     def cost(cls, adapter, params=None, background_size=0):
+        """Per image, for one image per call: the background is scored once per call."""
         samples = cls.normalise_params(params)["samples"]
         return Cost(forward=samples + (background_size or 10) + 1, backward=samples)
 
@@ -47,17 +68,17 @@ class ExpectedGradients(Explainer):
         partials = []
         for i, x in enumerate(batch):
             rng = np.random.default_rng(seed)
-            picks = rng.integers(0, len(background), size=samples)
-            alphas = rng.random(samples).astype(np.float32)[:, None, None, None]
+            picks, alphas, weights = stratified_samples(samples, len(background), rng)
             refs = background[picks]
-            points = refs + alphas * (x[None] - refs)
+            deltas = x[None] - refs
+            points = refs + alphas.astype(np.float32)[:, None, None, None] * deltas
             _, grads = calls.input_gradients(points, [targets[i]] * samples)
-            attr = (grads * (x[None] - refs)).mean(axis=0, dtype=np.float64).astype(np.float32)
+            attr = np.tensordot(weights, grads.astype(np.float64) * deltas, axes=(0, 0)).astype(np.float32)
             partials.append(
                 Partial(
                     map=attr.sum(axis=-1),
                     channels=attr,
-                    reference_score=float(background_scores[:, targets[i]].mean()),
+                    reference_score=float(background_scores[:, targets[i]].mean(dtype=np.float64)),
                 )
             )
             progress((i + 1) / len(batch), f"{self.title}: image {i + 1}/{len(batch)}")

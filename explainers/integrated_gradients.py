@@ -65,31 +65,45 @@ class IntegratedGradients(Explainer):
         Param("blur_sigma", 8.0, float, "Gaussian sigma in pixels for the 'blur' baseline.", minimum=0.0),
     )
 
+    @staticmethod
+    def _path_has_ends(method: str) -> bool:
+        # the trapezoid rule evaluates the baseline and the image themselves: their scores come free
+        return method == "riemann_trapezoid"
+
     @classmethod
     def cost(cls, adapter, params=None, background_size=0):
-        steps = cls.normalise_params(params)["steps"]
-        return Cost(forward=steps + 2, backward=steps)
+        p = cls.normalise_params(params)
+        return Cost(forward=p["steps"] + (0 if cls._path_has_ends(p["method"]) else 2), backward=p["steps"])
 
     def _attribute(self, calls, batch, targets, params, seed, background, progress):
         alphas, weights = quadrature(params["steps"], params["method"])
-        alphas = alphas.astype(np.float32)
+        has_ends = self._path_has_ends(params["method"])
         preset = calls.adapter.preset
         partials = []
         for i, x in enumerate(batch):
             rng = np.random.default_rng(seed)
             base = make_baseline(params["baseline"], x, preset, rng, background, params["blur_sigma"])
             delta = x - base
-            path = base[None] + alphas[:, None, None, None] * delta[None]
-            _, grads = calls.input_gradients(path, [targets[i]] * len(alphas))
-            total = np.tensordot(weights, grads.astype(np.float64), axes=(0, 0))
+            path = alphas.astype(np.float32)[:, None, None, None] * delta[None]
+            path += base[None]
+            if has_ends:  # exactly the baseline and the image, not base + 1.0 * (x - base)
+                path[0], path[-1] = base, x
+            outputs, grads = calls.input_gradients(path, [targets[i]] * len(alphas))
+            # weighted sum over the path in float64, one step at a time (no float64 copy of every gradient)
+            total = np.zeros(x.shape, dtype=np.float64)
+            for weight, grad in zip(weights, grads):
+                total += weight * grad
             attr = (total * delta).astype(np.float32)
-            ends = calls.predict(np.stack([x, base]))[:, targets[i]]
+            if has_ends:
+                score, reference = outputs[-1, targets[i]], outputs[0, targets[i]]
+            else:
+                score, reference = calls.predict(np.stack([x, base]))[:, targets[i]]
             partials.append(
                 Partial(
                     map=attr.sum(axis=-1),
                     channels=attr,
-                    target_score=float(ends[0]),
-                    reference_score=float(ends[1]),
+                    target_score=float(score),
+                    reference_score=float(reference),
                 )
             )
             progress((i + 1) / len(batch), f"{self.title}: image {i + 1}/{len(batch)}")

@@ -14,9 +14,13 @@ from .base import Cost, Explainer, Param, Partial, register
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Window positions along one side, as captum's: the last window is cut at the border when the
+    stride does not divide (size - window), so every pixel is covered."""
     if window > size:
         raise ParameterError(f"The occlusion window ({window} px) is larger than the image side ({size} px).")
-    return list(range(0, size - window + 1, stride))
+    if stride > window and window < size:
+        raise ParameterError(f"The stride ({stride} px) is larger than the window ({window} px); pixels between windows would get no attribution.")
+    return [k * stride for k in range(-(-(size - window) // stride) + 1)]
 
 
 @register
@@ -47,10 +51,16 @@ class Occlusion(Explainer):
         partials = []
         for i, image in enumerate(batch):
             scores = calls.predict(image[None])[0, targets[i]]
-            occluded = np.repeat(image[None], len(positions), axis=0)
-            for k, (y, x) in enumerate(positions):
-                occluded[k, y : y + win, x : x + win] = fill[y : y + win, x : x + win]
-            drops = scores - calls.predict(occluded)[:, targets[i]]
+            drops = np.empty(len(positions), dtype=np.float64)
+            # occluded copies are made one chunk at a time: all windows of a large image would not fit
+            start = 0
+            while start < len(positions):
+                block = positions[start : start + calls.chunk]
+                occluded = np.repeat(image[None], len(block), axis=0)
+                for k, (y, x) in enumerate(block):
+                    occluded[k, y : y + win, x : x + win] = fill[y : y + win, x : x + win]
+                drops[start : start + len(block)] = scores - calls.predict(occluded)[:, targets[i]]
+                start += len(block)
             total = np.zeros((h, w), np.float64)
             count = np.zeros((h, w), np.float64)
             for drop, (y, x) in zip(drops, positions):

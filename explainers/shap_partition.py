@@ -8,6 +8,9 @@ pixels through the adapter's preset. Additivity is exact: sum = f(x) - f(fully m
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numpy as np
 
 from .base import Cost, Explainer, Param, Partial, register
@@ -22,6 +25,29 @@ def pixel_model(calls, preset):
         return calls.predict(preset.apply(np.asarray(pixels, dtype=np.float32) / 255.0))
 
     return f
+
+
+# shap breaks ties between equally promising regions with numpy's global generator
+# (np.random.randn in PartitionExplainer.owen); its own ``seed`` argument is not used there.
+_GLOBAL_RNG = threading.Lock()
+
+
+@contextlib.contextmanager
+def seeded_global_rng(seed: int):
+    """numpy's global generator seeded for one call and put back afterwards, one call at a time."""
+    with _GLOBAL_RNG:
+        saved = np.random.get_state()
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            np.random.set_state(saved)
+
+
+def partition_evaluations(max_evals: int) -> int:
+    """Model rows shap's partition explainer evaluates: the empty and full masks, then masks in
+    pairs until ``max_evals - 2`` is reached (so an odd budget is rounded up)."""
+    return max_evals + max_evals % 2
 
 
 @register
@@ -41,7 +67,8 @@ class ShapPartition(Explainer):
 
     @classmethod
     def cost(cls, adapter, params=None, background_size=0):
-        return Cost(forward=cls.normalise_params(params)["max_evals"] + 1, backward=0)
+        # + 1: the score of the unmasked image, taken in the same forward as every method's
+        return Cost(forward=partition_evaluations(cls.normalise_params(params)["max_evals"]) + 1, backward=0)
 
     def max_rows(self, params):
         return params["batch_size"]
@@ -52,16 +79,17 @@ class ShapPartition(Explainer):
         preset = calls.adapter.preset
         pixels = np.clip(preset.invert(batch), 0.0, 1.0) * 255.0
         masker = shap.maskers.Image(MASKERS[params["masker"]], pixels.shape[1:])
-        explainer = shap.PartitionExplainer(pixel_model(calls, preset), masker, seed=seed)
+        explainer = shap.PartitionExplainer(pixel_model(calls, preset), masker)
         partials = []
         for i in range(len(batch)):
-            explanation = explainer(
-                pixels[i : i + 1],
-                max_evals=params["max_evals"],
-                batch_size=params["batch_size"],
-                outputs=np.array([targets[i]]),
-                silent=True,
-            )
+            with seeded_global_rng(seed):
+                explanation = explainer(
+                    pixels[i : i + 1],
+                    max_evals=params["max_evals"],
+                    batch_size=params["batch_size"],
+                    outputs=np.array([targets[i]]),
+                    silent=True,
+                )
             values = np.asarray(explanation.values[0, ..., 0], dtype=np.float32)
             base = float(np.asarray(explanation.base_values).reshape(-1)[0])
             partials.append(Partial(map=values.sum(axis=-1), channels=values, reference_score=base))

@@ -32,7 +32,8 @@ class SmoothGrad(Explainer):
     @classmethod
     def cost(cls, adapter, params=None, background_size=0):
         samples = cls.normalise_params(params)["samples"]
-        return Cost(forward=samples, backward=samples)
+        # + 1: the score of the image itself (the noisy copies do not give it)
+        return Cost(forward=samples + 1, backward=samples)
 
     def _attribute(self, calls, batch, targets, params, seed, background, progress):
         partials = []

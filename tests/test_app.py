@@ -252,6 +252,33 @@ def test_keras_model_and_png_through_the_file_uploaders(keras_bytes):
     assert at.selectbox(key=next(k for k in at.session_state if str(k).startswith("images_target_"))) is not None
 
 
+def test_labels_file_applies_or_is_refused_with_its_message(keras_bytes):
+    at = start()
+    at.file_uploader(key="models_upload").set_value(("shapes_cnn.keras", keras_bytes, "application/octet-stream")).run()
+    record = workspace(at).model
+    labels_key = f"models_labels_{record.id}"
+    at.file_uploader(key=labels_key).set_value(("three.txt", b"a\nb\nc\n", "text/plain")).run()
+    assert not at.exception
+    assert any("3 labels" in e.value for e in at.error), [e.value for e in at.error]
+    names = [f"shape {k}" for k in range(record.adapter.num_classes)]
+    at.file_uploader(key=labels_key).set_value(("names.txt", "\n".join(names).encode(), "text/plain")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert workspace(at).model.adapter.labels == tuple(names)
+    assert record.base.labels != tuple(names), "the shared model keeps its own labels"
+
+
+@needs_zoo
+def test_weights_only_upload_asks_for_the_architecture_then_loads():
+    at = start()
+    data = model_zoo.get("shapes-cnn-torch").weights.read_bytes()
+    at.file_uploader(key="models_upload").set_value(("shapes.safetensors", data, "application/octet-stream")).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "architecture" in at.error[0].value.lower()
+    at.selectbox(key="models_architecture").set_value("shapes-cnn").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert workspace(at).model.name == "shapes.safetensors"
+
+
 def test_refused_upload_shows_its_message_and_the_next_upload_works(keras_bytes):
     at = start()
     noise = np.random.default_rng(0).bytes(4096)

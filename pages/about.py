@@ -28,7 +28,7 @@ st.caption(
 limits, versions = st.columns(2, gap="large")
 with limits:
     st.subheader("Limits and settings")
-    st.dataframe(session.settings_rows(settings), hide_index=True, width="stretch")
+    st.dataframe(session.settings_rows(settings), hide_index=True, width="stretch", height="content")
 with versions:
     st.subheader("Versions")
     st.dataframe([{"library": k, "version": v} for k, v in session.library_versions().items()], hide_index=True, width="stretch")

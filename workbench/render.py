@@ -12,13 +12,23 @@ SEQUENTIAL_CMAPS = ("jet", "viridis", "inferno", "magma", "turbo", "gray")
 DIVERGING_CMAPS = ("RdBu_r", "bwr", "coolwarm", "seismic", "PiYG")
 
 
-def scale_of(attribution_map: np.ndarray, signed: bool, positive_only: bool = False) -> float:
-    """The value that maps to full colour: max |value| for signed maps, max value otherwise."""
+# As captum's visualize_image_attr: the top 2 % of values saturate, so a few extreme pixels
+# (common in gradient maps) do not leave the rest of the map invisible.
+OUTLIER_PERCENT = 2.0
+
+
+def scale_of(attribution_map: np.ndarray, signed: bool, positive_only: bool = False, outlier_percent: float = OUTLIER_PERCENT) -> float:
+    """The value that maps to full colour: the (100 - outlier_percent) percentile of |value|
+    for signed maps, of the (positive part of the) value otherwise."""
     m = np.asarray(attribution_map, dtype=np.float64)
-    if positive_only:
+    if positive_only or not signed:
         m = np.maximum(m, 0)
-    value = float(np.max(np.abs(m))) if signed and not positive_only else float(np.max(m, initial=0.0))
-    return value if value > 0 else 1.0
+    values = np.abs(m).ravel()
+    values = values[values > 0]
+    if values.size == 0:
+        return 1.0
+    value = float(np.percentile(values, 100.0 - outlier_percent)) if outlier_percent > 0 else float(values.max())
+    return value if value > 0 else float(values.max())
 
 
 def shared_scale(results: Sequence[Attribution], positive_only: bool = False) -> float:

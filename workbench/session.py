@@ -18,7 +18,6 @@ Nothing here imports torch or tensorflow; :mod:`workbench.intake` does, when a m
 from __future__ import annotations
 
 import collections
-import copy
 import dataclasses
 import functools
 import hashlib
@@ -126,16 +125,9 @@ def shared_loader() -> Callable[[ModelKey, bytes | None], ModelAdapter]:
 def configured(base: ModelAdapter, *, preset: str | None = None, labels: Sequence[str] | None = None) -> ModelAdapter:
     """A view of a shared adapter with this session's preset and labels (None: the base's own).
 
-    A shallow copy: the framework model, its lock and its layer table are the base's;
-    only the preset and labels (plain attributes of the adapter) are the view's own.
     Raises ModelRejected when the labels do not fit the model's classes.
     """
-    view = copy.copy(base)
-    if preset is not None:
-        view.set_preset(preset)
-    if labels is not None:
-        view.with_labels(labels)
-    return view
+    return base.view(preset=preset, labels=labels)
 
 
 # ---------------------------------------------------------------------------- workspace records
@@ -364,27 +356,12 @@ def remove_model(ws: Workspace, model_id: str) -> None:
         ws.active = next(iter(ws.models), None)
 
 
-FORWARD_PROBE_BATCH = 8
-
-
 def forward_seconds(record: LoadedModel) -> float:
-    """Seconds of forward pass per image, measured once per model and preset: the base of every estimate.
-
-    Measured on a batch of :data:`FORWARD_PROBE_BATCH`, because the methods that cost
-    (IG, SHAP, SmoothGrad, Score-CAM) call the model in batches; one image alone costs
-    many times more per image on a CPU (``analysis.measure_forward_seconds`` measures that).
-    """
+    """Seconds of forward pass per image, measured once per model and preset: the base of every estimate."""
     if record.forward_seconds is None:
-        adapter = record.adapter
-        with adapter.lock:
-            x = adapter.test_input(FORWARD_PROBE_BATCH)
-            adapter.predict(x)  # warm-up
-            times = []
-            for _ in range(3):
-                started = time.perf_counter()
-                adapter.predict(x)
-                times.append(time.perf_counter() - started)
-        record.forward_seconds = float(np.median(times)) / FORWARD_PROBE_BATCH
+        from .analysis import measure_forward_seconds
+
+        record.forward_seconds = measure_forward_seconds(record.adapter)
     return record.forward_seconds
 
 

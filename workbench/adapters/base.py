@@ -9,6 +9,7 @@ which import torch / tensorflow when they are constructed, never at import time.
 from __future__ import annotations
 
 import abc
+import copy
 import dataclasses
 import threading
 from typing import Sequence
@@ -201,6 +202,19 @@ class ModelAdapter(abc.ABC):
 
     def set_preset(self, preset: str) -> None:
         self.preset = get_preset(preset)
+
+    def view(self, *, preset: str | None = None, labels: Sequence[str] | None = None) -> "ModelAdapter":
+        """The same loaded model with another preset and/or labels (None: keep this one's).
+
+        The framework model, its lock and its layer table are shared with this adapter; only
+        preset and labels are the view's own, so one session's choices never change another's.
+        """
+        view = copy.copy(self)
+        if preset is not None:
+            view.set_preset(preset)
+        if labels is not None:
+            view.with_labels(labels)
+        return view
 
     def layers(self) -> tuple[LayerInfo, ...]:
         if self._layers is None:

@@ -1,16 +1,19 @@
 """The workbench in the browser: ``streamlit run app.py``.
 
 The entry point is the frame around every page: it refuses to start in an unsafe
-environment, creates the session's workspace once, draws the sidebar (active model,
-device, versions) and runs the page picked in the navigation. It imports no framework:
-torch or tensorflow load only when a model does.
+environment, asks for sign-in when ``.streamlit/secrets.toml`` has an ``[auth]`` section,
+creates the session's workspace once, draws the sidebar (active model, device, versions)
+and runs the page picked in the navigation. A share link (``?run=<id>``) opens the saved
+run's page. It imports no framework: torch or tensorflow load only when a model does.
 """
 
 from __future__ import annotations
 
+import logging
+
 import streamlit as st
 
-from workbench import session, warmup
+from workbench import session, sharing, warmup
 from workbench.errors import WorkbenchError
 from workbench.settings import check_environment
 
@@ -22,17 +25,35 @@ except WorkbenchError as error:
     st.error(str(error))
     st.stop()
 
+if sharing.login_enabled() and not sharing.signed_in():
+    st.title("Interpretability workbench")
+    st.write("This deployment is for signed-in users.")
+    if "run" in st.query_params:
+        st.caption("You opened a share link: after signing in, open the link again to see the run.")
+    if st.button("Sign in", type="primary", icon=":material/login:", key="app_login"):
+        st.login()
+    st.stop()
+
 # shap compiles its kernels on first use; start that now, off the request path, once per process.
 warmup.start_background_warm_up()
-st.session_state.setdefault("workspace", session.Workspace())
+if "workspace" not in st.session_state:
+    st.session_state["workspace"] = session.Workspace()
+    try:  # a new session: a good moment for the daily retention cleanup (in the background, once a day)
+        sharing.schedule_cleanup(sharing.run_store())
+    except Exception:  # noqa: BLE001 - storage trouble shows where runs are used, not on every page
+        logging.getLogger("workbench.app").exception("the run store is not available")
 workspace: session.Workspace = st.session_state["workspace"]
 
+# A share link is the app's address + ?run=<id>: with one, the saved run is the page at that address.
+opening_link = "run" in st.query_params
 page = st.navigation(
     [
-        st.Page("pages/models.py", title="Models", icon=":material/deployed_code:", default=True),
+        st.Page("pages/models.py", title="Models", icon=":material/deployed_code:", default=not opening_link),
         st.Page("pages/images.py", title="Images", icon=":material/image:"),
         st.Page("pages/explain.py", title="Explain & compare", icon=":material/compare:"),
-        # Stored runs and share links get their page here, between the work and About.
+        st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
+        st.Page("pages/shared.py", title="Saved run", icon=":material/link:", url_path="saved", default=opening_link,
+                visibility="visible" if opening_link else "hidden"),
         st.Page("pages/about.py", title="About", icon=":material/info:"),
     ]
 )
@@ -57,6 +78,10 @@ with st.sidebar:
     else:
         st.caption("No model loaded yet.")
     st.caption(f"Images: {len(workspace.images)} · Device: {session.device_description(workspace)}")
+    if sharing.login_enabled():
+        st.caption(f"Signed in as {sharing.current_owner() or 'an unnamed user'}")
+        if st.button("Sign out", key="app_logout", icon=":material/logout:"):
+            st.logout()
     with st.expander("Versions"):
         st.dataframe(
             [{"library": name, "version": version} for name, version in session.library_versions().items()],

@@ -1,16 +1,20 @@
-"""Widgets the Explain page builds from data: a method's Params, the display options, the overlay grid."""
+"""Widgets built from data, shared by Explain & compare and a saved run's page: a method's Params,
+the display options, the overlay grid, the agreement and cost section, and the share and export panel."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+import functools
+import re
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import streamlit as st
 
-from workbench import render, session
+from pages import charts
+from workbench import render, session, sharing
 from workbench.errors import WorkbenchError
-from workbench.result import Attribution
+from workbench.result import Attribution, Comparison
 from workbench.settings import get_settings
 
 NORMALISATIONS = {
@@ -19,6 +23,13 @@ NORMALISATIONS = {
     "method": "Shared per method (across images)",
 }
 DISPLAY_PX = 256  # small maps are enlarged (nearest neighbour) to at least this size for display
+
+
+def initial(key: str, value: Any) -> str:
+    """Give a widget its first value through Session State instead of a default argument, so that a saved
+    run's Re-run can set the value before the page draws the widget (:func:`preset_explain`); -> the key."""
+    st.session_state.setdefault(key, value)
+    return key
 
 
 def method_params(record: session.LoadedModel, method: str, scope: str = "explain") -> dict[str, Any]:
@@ -45,22 +56,21 @@ def method_params(record: session.LoadedModel, method: str, scope: str = "explai
                 help=help_text,
             )
         elif p.choices:
-            values[p.name] = st.selectbox(p.name, list(p.choices), index=list(p.choices).index(p.default), key=key, help=help_text)
+            values[p.name] = st.selectbox(p.name, list(p.choices), key=initial(key, p.default), help=help_text)
         elif p.kind is bool:
-            values[p.name] = st.toggle(p.name, value=bool(p.default), key=key, help=help_text)
+            values[p.name] = st.toggle(p.name, key=initial(key, bool(p.default)), help=help_text)
         elif p.kind in (int, float):
             cast = p.kind
             values[p.name] = st.number_input(
                 p.name,
-                value=cast(p.default),
                 min_value=cast(p.minimum) if p.minimum is not None else None,
                 max_value=cast(p.maximum) if p.maximum is not None else None,
                 step=1 if cast is int else 0.01,
-                key=key,
+                key=initial(key, cast(p.default)),
                 help=help_text,
             )
         else:
-            text = st.text_input(p.name, value=p.default or "", key=key, help=help_text)
+            text = st.text_input(p.name, key=initial(key, p.default or ""), help=help_text)
             values[p.name] = text or None
     return values
 
@@ -124,7 +134,7 @@ def grid(
     display: Display,
     *,
     extra: Sequence[str] | None = None,
-    downloads: Sequence[tuple[str, bytes]] | None = None,
+    downloads: Sequence[tuple[str, bytes | Callable[[], bytes]]] | None = None,
 ) -> None:
     """Rows = images, columns = the original then one map per column header (+ an optional text column)."""
     widths = [1] * (1 + len(headers)) + ([1] if extra else [])
@@ -139,7 +149,10 @@ def grid(
         cols[0].image(_enlarge(render.to_uint8(pixels)), caption=caption, width="stretch")
         if downloads:
             name, data = downloads[i]
-            cols[0].download_button("maps .npz", data, file_name=name, mime="application/octet-stream", key=f"grid_download_{i}", icon=":material/download:")
+            cols[0].download_button(
+                "maps .npz", data, file_name=name, mime="application/octet-stream", key=f"grid_download_{i}",
+                icon=":material/download:", on_click="ignore",
+            )
         for col, result, scale in zip(cols[1:], row, row_scales):
             note = f"{result.seconds:.2f} s · {result.evaluations} passes"
             if result.completeness_ratio is not None:
@@ -149,3 +162,124 @@ def grid(
                 col.caption(f"⚠ {warning}")
         if extra:
             cols[-1].markdown(extra[i])
+
+
+def plain(text: object) -> str:
+    """Text for st.markdown shown as it is: file names and e-mail addresses are not markup."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~<>$@:])", r"\\\1", str(text))
+
+
+def method_title(name: str) -> str:
+    """The method's display title; a saved run may name a method this deployment does not have."""
+    import explainers
+
+    return explainers.REGISTRY[name].title if name in explainers.REGISTRY else name
+
+
+def comparison_view(comparison: Comparison, display: Display, *, scope: str) -> None:
+    """Several methods on one model: the grid, then agreement, time and completeness for one image.
+
+    Explain & compare and a saved run's page draw a comparison with this, so a share link shows
+    exactly what its author saw. Reads the comparison only: it computes no map.
+    """
+    titles = [method_title(m) for m in comparison.methods]
+    grid(
+        titles,
+        [(f"{im.name} · {im.target_label}", im.pixels) for im in comparison.images],
+        comparison.results,
+        display,
+        # built when clicked, not on every rerun
+        downloads=[
+            (f"{im.name.rsplit('.', 1)[0]}_maps.npz", functools.partial(session.npz_bytes, comparison, i))
+            for i, im in enumerate(comparison.images)
+        ],
+    )
+
+    st.subheader("Agreement and cost")
+    index = 0
+    if len(comparison.images) > 1:
+        index = st.selectbox(
+            "Image", range(len(comparison.images)), format_func=lambda i: comparison.images[i].name, key=f"{scope}_detail_image"
+        )
+    results = comparison.results[index]
+    metric_col, k_col = st.columns([1, 2])
+    metric = metric_col.segmented_control(
+        "Agreement", ["Spearman ρ", "top-k % IoU"], default="Spearman ρ", required=True, key=f"{scope}_metric"
+    )
+    percent = k_col.slider("k: top % of pixels for IoU", 1, 50, 10, key=f"{scope}_k")
+    chart_col, time_col = st.columns(2, gap="large")
+    with chart_col:
+        if len(results) > 1:
+            rows = session.agreement_rows(results, titles, percent)
+            label = "Spearman ρ" if metric == "Spearman ρ" else f"top-{percent:g}% IoU"
+            st.altair_chart(charts.agreement_heatmap(rows, label), key=f"{scope}_agreement_chart")
+        else:
+            st.caption("Pick two or more methods to see how they agree.")
+    with time_col:
+        st.altair_chart(charts.method_times(session.timing_rows(results, titles)), width="stretch")
+    complete = [r for r in session.completeness_rows(results, titles) if r["reference"] is not None]
+    if complete:
+        st.markdown("**Completeness** — the sum of the map should equal f(x) − reference (IG: f(baseline), SHAP: f(masked image))")
+        number = st.column_config.NumberColumn
+        st.dataframe(
+            complete,
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "f(x)": number(format="%.4g"),
+                "reference": number(format="%.4g"),
+                "sum of attributions": number(format="%.4g"),
+                "gap": number(format="%.2e"),
+                "gap / |f(x) - reference|": number(format="percent"),
+            },
+        )
+
+
+def share_panel(comparison: Comparison, display: Display, *, scope: str) -> None:
+    """A saved comparison's share link (st.code has a copy button) and its four exports, built on click."""
+    retention = get_settings().retention_days
+    kept = f"kept {retention} days" if retention > 0 else "kept until deleted"
+    st.markdown(
+        "**Copy share link**",
+        help=f"Anyone who can open this deployment can open the link and see these maps, read-only; {kept}.",
+    )
+    st.code(sharing.link(comparison.run_id), language=None)
+    items = sharing.exports(
+        comparison,
+        share_url=sharing.link(comparison.run_id),
+        alpha=display.opacity,
+        shared_scale=display.normalise == "image",
+        positive_only=display.positive_only,
+    )
+    for col, item in zip(st.columns(len(items)), items):
+        col.download_button(
+            item.label, item.build, file_name=item.file_name, mime=item.mime, key=f"{scope}_export_{item.kind}",
+            icon=":material/download:", on_click="ignore", width="stretch",
+        )
+
+
+def preset_explain(rerun: sharing.Rerun) -> None:
+    """Set Explain & compare's widgets to a saved run's methods, parameters, seed and background, before
+    that page draws them (the keys are the ones :func:`method_params` and the page use)."""
+    import explainers
+
+    state = st.session_state
+    state["explain_mode"] = "methods"
+    state["explain_methods"] = list(rerun.methods)
+    state["explain_seed"] = int(rerun.seed)
+    state["explain_background"] = bool(rerun.background)
+    layers = set(session.spatial_layers(rerun.record))
+    for method in rerun.methods:
+        values = rerun.params.get(method, {})
+        for p in explainers.REGISTRY[method].params:
+            if p.name not in values:
+                continue
+            value, key = values[p.name], f"explain_{method}_{p.name}"
+            if p.name == "layer":
+                state[f"{key}_{rerun.record.id}"] = value if value in layers else None
+            elif p.choices or p.kind is bool:
+                state[key] = value
+            elif p.kind in (int, float):
+                state[key] = p.kind(value)
+            else:
+                state[key] = value or ""

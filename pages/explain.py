@@ -8,8 +8,8 @@ import time
 import streamlit as st
 
 import explainers
-from pages import charts, controls
-from workbench import session
+from pages import controls
+from workbench import session, sharing
 from workbench.errors import WorkbenchError
 
 log = logging.getLogger("workbench.app")
@@ -27,7 +27,7 @@ if not ws.images:
     st.stop()
 
 MODES = {"methods": "Several methods, one model", "models": "One method, two models"}
-mode = st.segmented_control("Compare", list(MODES), format_func=MODES.get, default="methods", required=True, key="explain_mode")
+mode = st.segmented_control("Compare", list(MODES), format_func=MODES.get, required=True, key=controls.initial("explain_mode", "methods"))
 others = [m for m in ws.models.values() if m.id != record.id]
 if mode == "models" and not others:
     st.info("Load a second model (for example shapes-cnn-keras next to shapes-cnn-torch) to compare one method across models.")
@@ -37,7 +37,7 @@ pick_col, option_col = st.columns([3, 1], gap="large")
 with pick_col:
     if mode == "methods":
         methods = st.multiselect(
-            "Methods", explainers.names(), default=list(session.DEFAULT_METHODS), key="explain_methods",
+            "Methods", explainers.names(), key=controls.initial("explain_methods", list(session.DEFAULT_METHODS)),
             format_func=lambda name: explainers.REGISTRY[name].title,
         )
         models = [record]
@@ -57,7 +57,7 @@ with pick_col:
     )
     ws.left_out = set(names) - set(chosen)
 with option_col:
-    seed = int(st.number_input("Seed", value=0, min_value=0, step=1, key="explain_seed", help="For the stochastic methods (SHAP, SmoothGrad, Expected Gradients)."))
+    seed = int(st.number_input("Seed", min_value=0, step=1, key=controls.initial("explain_seed", 0), help="For the stochastic methods (SHAP, SmoothGrad, Expected Gradients)."))
     use_images = st.toggle("Loaded images as background", key="explain_background", help="For Expected Gradients and the IG 'background' baseline; off = each method's default.")
 
 params = {}
@@ -77,6 +77,15 @@ except WorkbenchError as error:
 
 todo = sum(p.results_to_compute for p in plans)
 last_run = st.session_state.get("explain_last_run")  # what the latest Run did, shown once nothing is left to do
+keys = [session.comparison_key(m, entries, p, seed) for m, p in zip(models, plans)]
+autorun = st.session_state.pop("explain_autorun", False)  # set by a saved run's Re-run: this page runs it on arrival
+rerun_of = st.session_state.get("explain_rerun")
+if rerun_of and autorun:
+    rerun_of["key"] = keys[0]
+if rerun_of and rerun_of.get("key") == keys[0]:  # only while the page shows what the Re-run computed
+    st.info(f"Re-run of saved run `{rerun_of['run_id'][:12]}…` with its model, images, methods, parameters and seed.", icon=":material/replay:")
+    for note in rerun_of["notes"]:
+        st.warning(note, icon=":material/warning:")
 run_col, cost_col = st.columns([1, 5], vertical_alignment="center")
 pressed = run_col.button("Run", type="primary", disabled=todo == 0, icon=":material/play_arrow:", key="explain_run")
 if todo:
@@ -89,7 +98,27 @@ if todo:
 else:
     cost_col.caption((f"Last run: {last_run}. " if last_run else "") + "Every map for these settings is computed; display options change only the picture.")
 
-if pressed:
+
+def save(model: session.LoadedModel, work: session.Plan) -> None:
+    """Store a computed comparison so it has a share link; a failure is shown, the maps stay."""
+    comparison = session.cached_comparison(ws, model, entries, work, seed)
+    if comparison is None:
+        return
+    try:
+        sharing.save_comparison(
+            ws, model, entries, comparison, session.comparison_key(model, entries, work, seed),
+            store=sharing.run_store(), owner=sharing.current_owner(),
+        )
+    except WorkbenchError as error:
+        st.session_state["explain_save_notice"] = f"The maps were not saved: {error}"
+    except Exception as error:  # noqa: BLE001 - the maps are computed; only the link is missing
+        log.exception("saving the run failed")
+        st.session_state["explain_save_notice"] = f"The maps were not saved ({type(error).__name__}); the details are in the server log."
+    else:
+        st.session_state.pop("explain_save_notice", None)
+
+
+if pressed or (autorun and todo):
     with st.status(f"Computing {todo} map(s)…", expanded=True) as status:
         bar = st.progress(0.0, text="starting")
         started = time.perf_counter()
@@ -107,71 +136,48 @@ if pressed:
             status.update(label=f"The run failed ({type(error).__name__}); the details are in the server log.", state="error")
         else:
             st.session_state["explain_last_run"] = f"computed {todo} map(s) in {time.perf_counter() - started:.1f} s"
+            bar.progress(1.0, text="saving the run")
+            for model, work in zip(models, plans):  # every completed run is saved: its link exists at once
+                save(model, work)
             st.rerun()  # redraw the controls against the new cache: Run disabled, nothing left to estimate
 
 comparisons = [session.cached_comparison(ws, m, entries, p, seed) for m, p in zip(models, plans)]
 if any(c is None for c in comparisons):
     st.info("Press Run to compute the maps for these settings.")
     st.stop()
+saved = [sharing.saved_comparison(ws, key) for key in keys]
+# show the saved comparison where there is one: the page, its exports and the link are then the same arrays
+comparisons = [s or c for s, c in zip(saved, comparisons)]
 
 st.divider()
 display = controls.display_options()
+with st.container(border=True):
+    if not all(saved):
+        if st.session_state.get("explain_save_notice"):
+            st.error(st.session_state["explain_save_notice"], icon=":material/cloud_off:")
+        else:  # assembled from maps computed for other settings: saving them is the user's choice
+            st.caption("These maps were computed earlier in this session, for other settings, and are not saved yet.")
+        if st.button("Save & share", key="explain_save", icon=":material/share:"):
+            for model, work in zip(models, plans):
+                save(model, work)
+            st.rerun()
+    else:
+        for model, comparison in zip(models, saved):
+            if len(models) > 1:
+                st.markdown(f"**{controls.plain(model.name)}**")
+            controls.share_panel(comparison, display, scope=f"explain_{model.id}" if len(models) > 1 else "explain")
+
 first = comparisons[0]
-images = [(f"{im.name} · {im.target_label}", im.pixels) for im in first.images]
 if mode == "methods":
-    controls.grid(
-        [explainers.REGISTRY[m].title for m in first.methods],
-        images,
-        first.results,
-        display,
-        downloads=[(f"{im.name.rsplit('.', 1)[0]}_maps.npz", session.npz_bytes(first, i)) for i, im in enumerate(first.images)],
-    )
+    controls.comparison_view(first, display, scope="explain")
 else:
     percent = 10.0
     pairs = [(a[0], b[0]) for a, b in zip(comparisons[0].results, comparisons[1].results)]
     agreement = [session.cross_model_agreement(a, b, percent) for a, b in pairs]
     controls.grid(
         [m.name for m in models],
-        images,
+        [(f"{im.name} · {im.target_label}", im.pixels) for im in first.images],
         [list(pair) for pair in pairs],
         display,
         extra=[f"Spearman ρ {g['spearman']:.2f}  \ntop-{percent:g}% IoU {g['iou']:.2f}" for g in agreement],
-    )
-    st.stop()
-
-st.subheader("Agreement and cost")
-if len(first.images) > 1:
-    index = st.selectbox("Image", range(len(first.images)), format_func=lambda i: first.images[i].name, key="explain_detail_image")
-else:
-    index = 0
-results = first.results[index]
-titles = [explainers.REGISTRY[m].title for m in first.methods]
-metric_col, k_col = st.columns([1, 2])
-metric = metric_col.segmented_control("Agreement", ["Spearman ρ", "top-k % IoU"], default="Spearman ρ", required=True, key="explain_metric")
-percent = k_col.slider("k: top % of pixels for IoU", 1, 50, 10, key="explain_k")
-rows = session.agreement_rows(results, titles, percent)
-chart_col, time_col = st.columns(2, gap="large")
-with chart_col:
-    if len(results) > 1:
-        label = "Spearman ρ" if metric == "Spearman ρ" else f"top-{percent:g}% IoU"
-        st.altair_chart(charts.agreement_heatmap(rows, label), key="explain_agreement_chart")
-    else:
-        st.caption("Pick two or more methods to see how they agree.")
-with time_col:
-    st.altair_chart(charts.method_times(session.timing_rows(results, titles)), width="stretch")
-complete = [r for r in session.completeness_rows(results, titles) if r["reference"] is not None]
-if complete:
-    st.markdown("**Completeness** — the sum of the map should equal f(x) − reference (IG: f(baseline), SHAP: f(masked image))")
-    number = st.column_config.NumberColumn
-    st.dataframe(
-        complete,
-        hide_index=True,
-        width="stretch",
-        column_config={
-            "f(x)": number(format="%.4g"),
-            "reference": number(format="%.4g"),
-            "sum of attributions": number(format="%.4g"),
-            "gap": number(format="%.2e"),
-            "gap / |f(x) - reference|": number(format="percent"),
-        },
     )

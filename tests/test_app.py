@@ -1,5 +1,6 @@
 """The app through streamlit.testing.v1.AppTest: every page renders, the zoo flow, uploads through the
-file uploader (AppTest 1.67 supports ``FileUploader.set_value``), refusals, and caching of results."""
+file uploader (AppTest 1.67 supports ``FileUploader.set_value``), refusals, and caching of results.
+Saved runs, share links and exports are in test_sharing.py."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from workbench.errors import ParameterError
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
-PAGES = ("pages/models.py", "pages/images.py", "pages/explain.py", "pages/about.py")
+PAGES = ("pages/models.py", "pages/images.py", "pages/explain.py", "pages/runs.py", "pages/shared.py", "pages/about.py")
 TIMEOUT = 180
 
 
@@ -53,6 +54,13 @@ def keras_bytes(tmp_path_factory) -> bytes:
     path = tmp_path_factory.mktemp("keras") / "shapes_cnn.keras"
     model_zoo.build_keras("shapes-cnn").save(path)
     return path.read_bytes()
+
+
+@pytest.fixture(autouse=True)
+def isolated_store(tmp_path, monkeypatch):
+    """Every completed run is saved: each test gets its own data directory and SQLite database."""
+    monkeypatch.setenv("WORKBENCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("WORKBENCH_DATABASE_URL", raising=False)
 
 
 def start() -> AppTest:

@@ -1,5 +1,6 @@
 """End to end in a real browser: Debian's Chromium drives ``streamlit run app.py`` through its real
-``<input type=file>`` elements — what AppTest cannot see (uploads over HTTP, layout, charts drawn)."""
+``<input type=file>`` elements — what AppTest cannot see (uploads over HTTP, layout, charts drawn) —
+then opens the run's share link in a second browser context (a new session, no shared cookies)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
 
@@ -22,6 +24,18 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
 GRID_IMAGES = "[data-testid='stMain'] [data-testid='stImage'] img"
+EXPLAINER_LOG = " image(s) of "  # session.run logs "<method> on <n> image(s) of <model> in <s> s" per explainer call
+# streamlit run, with the workbench's own INFO log (explainer calls, saved runs) in the server log
+SERVE = (
+    "import logging, sys\n"
+    "handler = logging.StreamHandler()\n"
+    "handler.setFormatter(logging.Formatter('%(asctime)s %(name)s %(levelname)s %(message)s'))\n"
+    "logging.getLogger('workbench').addHandler(handler)\n"
+    "logging.getLogger('workbench').setLevel(logging.INFO)\n"
+    "from streamlit.web import cli\n"
+    "sys.argv = ['streamlit', *sys.argv[1:]]\n"
+    "sys.exit(cli.main())\n"
+)
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -77,11 +91,13 @@ def upload_files(tmp_path) -> tuple[Path, Path]:
 def server(tmp_path):
     port = free_port()
     log_path = tmp_path / "streamlit.log"
-    env = {**os.environ, "WORKBENCH_DATA_DIR": str(tmp_path / "data")}
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "WORKBENCH_DATA_DIR": str(tmp_path / "data"), "WORKBENCH_PUBLIC_BASE_URL": url}
+    env.pop("WORKBENCH_DATABASE_URL", None)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [
-                sys.executable, "-m", "streamlit", "run", "app.py",
+                sys.executable, "-c", SERVE, "run", "app.py",
                 "--server.headless", "true",
                 "--server.port", str(port),
                 "--server.address", "127.0.0.1",
@@ -93,10 +109,9 @@ def server(tmp_path):
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    url = f"http://127.0.0.1:{port}"
     try:
         wait_healthy(url, process)
-        yield url
+        yield url, log_path
     finally:
         process.terminate()
         try:
@@ -108,9 +123,24 @@ def server(tmp_path):
         shutil.copy(log_path, ARTIFACTS / "streamlit.log")
 
 
-def test_upload_keras_model_and_image_then_compare_three_methods(server, upload_files):
+def explainer_calls(log_path: Path) -> int:
+    return sum(EXPLAINER_LOG in line for line in log_path.read_text(errors="replace").splitlines())
+
+
+def grid_pictures(page) -> list[bytes]:
+    """The grid's images as served (the original, then one heatmap per method), fetched in the page's context."""
+    page.wait_for_function(
+        "selector => [...document.querySelectorAll(selector)].every(img => img.complete && img.naturalWidth > 0)",
+        arg=GRID_IMAGES,
+    )
+    sources = page.locator(GRID_IMAGES).evaluate_all("images => images.map(img => img.src)")
+    return [page.request.get(urljoin(page.url, src)).body() for src in sources]
+
+
+def test_upload_keras_model_and_image_then_compare_three_methods_and_share(server, upload_files):
     from playwright.sync_api import expect, sync_playwright
 
+    url, log_path = server
     model, image = upload_files
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
@@ -118,7 +148,7 @@ def test_upload_keras_model_and_image_then_compare_three_methods(server, upload_
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 1000})
             page.set_default_timeout(60_000)
-            page.goto(server)
+            page.goto(url)
             expect(page.get_by_text("Upload a model")).to_be_visible()
 
             page.locator("input[type=file]").first.set_input_files(str(model))
@@ -138,19 +168,44 @@ def test_upload_keras_model_and_image_then_compare_three_methods(server, upload_
 
             grid = page.locator(GRID_IMAGES)
             expect(grid).to_have_count(4)  # the image and three heatmaps
-            page.wait_for_function(
-                "selector => [...document.querySelectorAll(selector)].every(img => img.complete && img.naturalWidth > 0)",
-                arg=GRID_IMAGES,
-            )
+            computed = grid_pictures(page)
             sidebar = page.locator("[data-testid='stSidebar']")
             expect(sidebar.get_by_role("combobox", name="Active model")).to_have_value(model.name)
             expect(sidebar.get_by_text("Images: 1")).to_be_visible()
             charts = page.locator("[data-testid='stVegaLiteChart']")
             expect(charts).to_have_count(2)  # agreement heatmap and time per method
             expect(charts.first.locator("canvas, svg").first).to_be_visible()
+            expect(page.get_by_text("Copy share link")).to_be_visible()
+            link = page.locator("[data-testid='stCode'] code").first.inner_text().strip()
+            assert link.startswith(f"{url}/?run="), link
+            for label in ("Grid .png", "Attributions .npz", "Provenance .json", "Report .html"):
+                expect(page.get_by_role("button", name=label)).to_be_visible()
+            assert explainer_calls(log_path) == 3
             # the app scrolls inside its main block, so a tall window shows the whole page
             page.set_viewport_size({"width": 1500, "height": 2300})
             page.wait_for_timeout(1500)
             page.screenshot(path=str(ARTIFACTS / "browser_explain.png"))
+
+            # the link in a new browser context: another session, which never saw the model or the image
+            other = browser.new_context(viewport={"width": 1500, "height": 2300}, accept_downloads=True)
+            reader = other.new_page()
+            reader.set_default_timeout(60_000)
+            reader.goto(link)
+            expect(reader.get_by_text("Read-only view of a saved run")).to_be_visible()
+            expect(reader.locator(GRID_IMAGES)).to_have_count(4)
+            assert grid_pictures(reader) == computed, "the same image and heatmaps, pixel for pixel"
+            reader_charts = reader.locator("[data-testid='stVegaLiteChart']")
+            expect(reader_charts).to_have_count(2)
+            expect(reader_charts.first.locator("canvas, svg").first).to_be_visible()
+            expect(reader.locator("[data-testid='stCode'] code").first).to_have_text(link)
+            expect(reader.locator("[data-testid='stSidebar']").get_by_text("No model loaded yet.")).to_be_visible()
+            with reader.expect_download() as download:
+                reader.get_by_role("button", name="Report .html").click()
+            report = Path(download.value.path()).read_text(encoding="utf-8")
+            assert "data:image/png;base64," in report and link in report
+            assert explainer_calls(log_path) == 3, "opening the link ran no explainer"
+            reader.wait_for_timeout(1000)
+            reader.screenshot(path=str(ARTIFACTS / "browser_shared.png"))
+            other.close()
         finally:
             browser.close()

@@ -12,6 +12,9 @@ Models are shared between sessions: the bytes are parsed once per process and ke
 A session never mutates the shared adapter: preset and labels are applied to a shallow
 view of it (:func:`configured`), and every model call holds the adapter's lock.
 
+Saving a comparison, reopening a share link and re-running a saved run are in
+:mod:`workbench.sharing`; the workspace only remembers which runs this session saved or read.
+
 Nothing here imports torch or tensorflow; :mod:`workbench.intake` does, when a model loads.
 """
 
@@ -43,6 +46,8 @@ MAX_SESSION_MODELS = 6  # models one session keeps loaded
 MAX_SESSION_RESULTS = 512  # attributions one session keeps ...
 MAX_SESSION_RESULT_BYTES = 128 * 1024 * 1024  # ... and their arrays' bytes
 MAX_SESSION_PREDICTIONS = 1024
+MAX_SESSION_RUNS = 16  # saved runs one session keeps read (share links opened, runs saved) ...
+MAX_SESSION_RUN_BYTES = 256 * 1024 * 1024  # ... and their arrays' bytes
 DEFAULT_METHODS = ("gradcam", "integrated_gradients", "shap")
 TOP_K = 5
 
@@ -144,6 +149,7 @@ class LoadedModel:
     labels: tuple[str, ...] | None = None  # None: the base adapter's labels
     labels_file: str | None = None
     forward_seconds: float | None = None
+    data: bytes | None = dataclasses.field(default=None, repr=False)  # the uploaded file, saved with each run for re-running
 
     def reconfigure(self) -> None:
         self.adapter = configured(self.base, preset=self.preset, labels=self.labels)
@@ -209,6 +215,11 @@ class BoundedCache:
             ):
                 self._bytes -= self._items.popitem(last=False)[1][1]
 
+    def discard(self, key: str) -> None:
+        with self._lock:
+            if key in self._items:
+                self._bytes -= self._items.pop(key)[1]
+
     @property
     def nbytes(self) -> int:
         return self._bytes
@@ -219,6 +230,10 @@ class BoundedCache:
 
 def attribution_bytes(result: Attribution) -> int:
     return result.map.nbytes + (result.channels.nbytes if result.channels is not None else 0)
+
+
+def comparison_bytes(comparison: Comparison) -> int:
+    return sum(attribution_bytes(r) for row in comparison.results for r in row) + sum(im.pixels.nbytes for im in comparison.images)
 
 
 @dataclasses.dataclass
@@ -237,6 +252,10 @@ class Workspace:
     pixels: BoundedCache = dataclasses.field(default_factory=lambda: BoundedCache(256, 64 * 1024 * 1024, lambda a: a.nbytes))
     handled_uploads: set = dataclasses.field(default_factory=set)
     explainer_runs: int = 0  # explainer calls made for this session (shown on About)
+    saved: dict[str, str] = dataclasses.field(default_factory=dict)  # comparison_key -> run id saved from this session
+    opened: BoundedCache = dataclasses.field(  # run id -> sharing.OpenedRun
+        default_factory=lambda: BoundedCache(MAX_SESSION_RUNS, MAX_SESSION_RUN_BYTES, lambda run: comparison_bytes(run.comparison))
+    )
 
     @property
     def model(self) -> LoadedModel | None:
@@ -298,6 +317,7 @@ def load_upload(
         base=base,
         adapter=configured(base),
         size_bytes=len(data),
+        data=bytes(data),
     )
     return _add_model(ws, record)
 
@@ -347,6 +367,20 @@ def set_labels(record: LoadedModel, data: bytes | None, filename: str | None) ->
     labels = tuple(intake.read_labels(data, filename))
     configured(record.base, labels=labels)  # raises before anything changes
     record.labels, record.labels_file = labels, filename
+    record.reconfigure()
+
+
+def set_label_names(record: LoadedModel, labels: Sequence[str], source: str) -> None:
+    """Class names from elsewhere than a file (a saved run's model); back to the model's own when they are those.
+
+    Raises WorkbenchError (and keeps the current labels) when they do not fit the model.
+    """
+    labels = tuple(labels)
+    if labels == tuple(record.base.labels):
+        record.labels, record.labels_file = None, None
+    else:
+        configured(record.base, labels=labels)  # raises before anything changes
+        record.labels, record.labels_file = labels, source
     record.reconfigure()
 
 
@@ -689,6 +723,12 @@ def run(
     return found
 
 
+def comparison_key(record: LoadedModel, entries: Sequence[ImageEntry], work: Plan, seed: int) -> str:
+    """Content hash of everything that decides a whole comparison: one saved run per key and session."""
+    keys = [[work.key(record, e, i, m, seed) for m in work.methods] for i, e in enumerate(entries)]
+    return digest({"results": keys, "model": record.identity})
+
+
 def model_pixels(ws: Workspace, record: LoadedModel, entry: ImageEntry) -> np.ndarray:
     """The image resized to the model's input (for display under the maps), cached per size."""
     from .analysis import to_model_pixels
@@ -728,6 +768,16 @@ def cached_comparison(ws: Workspace, record: LoadedModel, entries: Sequence[Imag
     info = adapter.info()
     model = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(info).items()}
     model["name"] = record.name
+    # how to load the model again (a saved run's re-run), and the background set where a method used one
+    model["loaded_as"] = {
+        "source": record.source,
+        "filename": record.key.filename,
+        "architecture": record.key.architecture,
+        "input_size": list(record.key.input_size) if record.key.input_size else None,
+    }
+    background = sorted({b for m in work.methods for b in _background_ids(m, work.background)})
+    if background:
+        model["background_images"] = background
     return Comparison(
         model=model,
         images=images,

@@ -211,3 +211,30 @@ def test_core_imports_no_framework():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=str(__import__('pathlib').Path(__file__).resolve().parents[1]))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+def test_default_cam_layer_on_zoo_resnet_and_its_onnx_export(tmp_path):
+    import io
+
+    from workbench import intake
+
+    torch_adapter = intake.load_zoo_model("resnet-mini-torch")
+    assert torch_adapter.default_cam_layer() == "layer4"
+    assert torch_adapter.layer("layer4").output_shape == (7, 7, 128)
+    keras_adapter = intake.load_zoo_model("resnet-mini-keras")
+    assert keras_adapter.default_cam_layer() == "layer4_1_out"
+
+    buffer = io.BytesIO()
+    torch.onnx.export(torch_adapter.module, torch.zeros(1, 3, 224, 224), buffer, dynamo=False, input_names=["x"])
+    onnx_adapter = intake.load_model(buffer.getvalue(), filename="resnet.onnx")
+    chosen = onnx_adapter.default_cam_layer()
+    info = onnx_adapter.layer(chosen)
+    # the last block's output: the residual Add + ReLU of layer4, 7x7x128, after which only pooling follows
+    assert info.output_shape == (7, 7, 128)
+    later = [l for l in onnx_adapter.layers() if l.order > info.order]
+    assert all(not l.spatial for l in later)
+    x = torch_adapter.test_input(2)
+    np.testing.assert_allclose(onnx_adapter.predict(x), torch_adapter.predict(x), atol=1e-4)
+    cam_onnx = onnx_adapter.layer_gradients(x, chosen, [0, 1]).activations
+    cam_torch = torch_adapter.layer_gradients(x, "layer4", [0, 1]).activations
+    np.testing.assert_allclose(cam_onnx, cam_torch, rtol=1e-4, atol=1e-4)

@@ -107,6 +107,11 @@ class TorchAdapter(ModelAdapter):
 
         def hook(_module, _inputs, output):
             captured["out"] = output
+            # Hand the rest of the forward pass a copy, so in-place ops after this layer
+            # (``out += identity`` in residual blocks) cannot overwrite what we keep (as captum does).
+            if isinstance(output, torch.Tensor):
+                return output.clone()
+            return None
 
         with self.lock:
             handle = self._get_module(layer).register_forward_hook(hook)

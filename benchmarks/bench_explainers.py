@@ -8,15 +8,19 @@ weight files are not built yet). Cases:
 
 * torch  gradcam               vs captum LayerGradCam + LayerAttribution.interpolate (bilinear)
 * torch  integrated_gradients  vs captum IntegratedGradients, 50 steps; captum's best of
-                                  internal_batch_size in {None, 10, 25, 50}
+                                  internal_batch_size in {None, 10, 25, 50}; once as attributions
+                                  only, once with return_convergence_delta=True (ours reports the
+                                  completeness gap, so this is the like-for-like call)
 * torch  shap                  vs shap.PartitionExplainer called directly (blur(128,128) masker,
                                   max_evals 500, batch size 50) on the framework model
 * keras  gradcam               vs the keras.io Grad-CAM recipe + tf.image.resize
 * keras  integrated_gradients  vs the TensorFlow IG tutorial (interpolate, tf.function'd
                                   gradients in batches of 32, trapezoid), 50 intervals = 51 points
 
-Each arm is warmed up, then timed ``repeats`` times, the two arms interleaved (alternating
-which goes first); the median is reported. Memory is measured in separate runs after the
+Each arm is warmed up, then timed ``repeats`` times, the arms interleaved (alternating which
+goes first); the median is reported, with the ratio of CPU-time medians and of the fastest runs
+beside it (steadier on a shared machine). Cases of a few milliseconds time several calls per
+sample. Memory is measured in separate runs after the
 timing: peak RSS above the level before the call (sampled every millisecond in a thread; it
 sees framework allocations) and the tracemalloc peak (numpy and Python allocations).
 Every arm ends with the map in host memory as numpy, as ours returns it.
@@ -84,11 +88,18 @@ class PeakRSS:
         self.delta = self.peak - self.start
 
 
-def timed(fn) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process, all threads)."""
+def timed(fn, number: int = 1) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process, all threads) per call, over ``number`` calls."""
     start, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - start, time.process_time() - cpu
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - start) / number, (time.process_time() - cpu) / number
+
+
+def calls_per_sample(fn, least: float = 0.25) -> int:
+    """Calls per timing sample so that one sample lasts ``least`` seconds (for millisecond cases)."""
+    once = timed(fn)[0]
+    return max(1, min(100, int(least / max(once, 1e-6))))
 
 
 def memory(fn) -> dict:
@@ -104,8 +115,13 @@ def memory(fn) -> dict:
     return {"peak_rss_mb": peak.delta / 2**20, "tracemalloc_peak_mb": traced / 2**20}
 
 
-def compare(name: str, ours, references: dict, repeats: int, warmup: int = 1) -> dict:
+ONLY: list[str] = []  # --only: run the cases whose name contains one of these
+
+
+def compare(name: str, ours, references: dict, repeats: int, warmup: int = 1) -> dict | None:
     """Median seconds of ours and of the best reference variant, interleaved."""
+    if ONLY and not any(part in name for part in ONLY):
+        return None
     for _ in range(warmup):
         ours()
         for ref in references.values():
@@ -113,9 +129,10 @@ def compare(name: str, ours, references: dict, repeats: int, warmup: int = 1) ->
     wall = {"ours": []} | {k: [] for k in references}
     cpu = {k: [] for k in wall}
     arms = [("ours", ours), *references.items()]
+    number = calls_per_sample(ours)
     for r in range(repeats):
         for key, fn in arms if r % 2 == 0 else arms[::-1]:
-            w, c = timed(fn)
+            w, c = timed(fn, number)
             wall[key].append(w)
             cpu[key].append(c)
     medians = {k: statistics.median(v) for k, v in wall.items()}
@@ -130,6 +147,7 @@ def compare(name: str, ours, references: dict, repeats: int, warmup: int = 1) ->
         # CPU time and the fastest run are steadier than wall medians on a shared machine
         "cpu_ratio": cpu_medians["ours"] / cpu_medians[best],
         "min_ratio": min(wall["ours"]) / min(wall[best]),
+        "calls_per_sample": number,
         "all_medians_s": medians,
         "cpu_medians_s": cpu_medians,
         "wall_s": wall,
@@ -223,6 +241,22 @@ def torch_cases(adapter, x, target, args) -> list[dict]:
 
     refs = {f"captum ibs={b}": captum_ig(b) for b in (None, 10, 25, 50)}
     rows.append(compare(f"torch integrated_gradients ({steps})", ours_ig, refs, args.repeats))
+
+    # Ours also reports completeness, which costs a forward of the image and the baseline (Gauss-Legendre
+    # never evaluates the path's ends); captum's like-for-like call returns its convergence delta.
+    def captum_ig_delta(batch):
+        def run():
+            ig = captum_attr.IntegratedGradients(model)
+            out, delta = ig.attribute(
+                xt, baselines=0.0, target=target, n_steps=steps, internal_batch_size=batch, return_convergence_delta=True
+            )
+            sync()
+            return out.detach().cpu().numpy(), delta.cpu().numpy()
+
+        return run
+
+    refs = {f"captum+delta ibs={b}": captum_ig_delta(b) for b in (None, 10, 25, 50)}
+    rows.append(compare(f"torch integrated_gradients+delta ({steps})", ours_ig, refs, args.repeats))
 
     evals, batch_size = args.shap_evals, 50
 
@@ -326,7 +360,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="2 repeats, 16 IG steps, 100 SHAP evaluations")
     parser.add_argument("--frameworks", default="torch,keras")
+    parser.add_argument("--only", default="", help="comma-separated parts of case names to run, e.g. 'torch integ'")
     args = parser.parse_args(argv)
+    ONLY[:] = [part for part in args.only.split(",") if part]
     args.ig_steps, args.shap_evals = 50, 500
     if args.quick:
         args.repeats, args.ig_steps, args.shap_evals = min(args.repeats, 2), 16, 100
@@ -347,12 +383,14 @@ def main(argv=None) -> dict:
         f"{'case':34s} {'ours s':>8s} {'ref s':>8s} {'ratio':>6s} {'cpu':>6s} {'min':>6s}  "
         f"{'RSS ours':>7s} {'RSS ref':>7s}  {'tm ours':>7s} {'tm ref':>7s}  reference"
     )
-    print(f"{'':34s} {'median':>8s} {'median':>8s} {'wall':>6s} {'ratio':>6s} {'ratio':>6s}  {'peak MB':>7s} {'peak MB':>7s}  {'peak MB':>7s} {'peak MB':>7s}")
+    peaks = f"{'peak MB':>7s} {'peak MB':>7s}"
+    print(f"{'':34s} {'median':>8s} {'median':>8s} {'wall':>6s} {'ratio':>6s} {'ratio':>6s}  {peaks}  {peaks}")
     rows = []
     if "torch" in frameworks:
         rows += torch_cases(torch_adapter, x, target, args)
     if "keras" in frameworks:
         rows += keras_cases(keras_adapter, keras_adapter.prepare(sample_image(size[0])), target, args)
+    rows = [row for row in rows if row is not None]
 
     import captum
     import keras

@@ -82,6 +82,23 @@ class Cost:
         return forward_seconds * (self.forward + backward_factor * self.backward)
 
 
+# On a CPU a bigger batch adds no parallelism and pushes activations out of cache: chunks of at most
+# 16 MiB of input are faster (resnet-mini at 224x224: 25 rows ~15% faster per row than 50).
+CPU_CHUNK_BYTES = 16 * 2**20
+
+
+def weighted_sum(weights: np.ndarray, stack: np.ndarray) -> np.ndarray:
+    """``sum_k weights[k] * stack[k]`` in one BLAS pass over the stack in its own memory order.
+
+    Gradients of a channels-first model arrive as a transposed (NCHW) view; reading them in
+    NHWC order, or copying them to float64 first, costs more than the dot product itself.
+    """
+    order = [1 + int(i) for i in np.argsort([-s for s in stack.strides[1:]], kind="stable")]
+    view = stack.transpose(0, *order)
+    total = np.asarray(weights, dtype=stack.dtype) @ view.reshape(len(stack), -1)
+    return total.reshape(view.shape[1:]).transpose(*np.argsort(order))
+
+
 class Calls:
     """The adapter's primitives, chunked within a memory budget, counted, with back-off on out-of-memory.
 
@@ -92,7 +109,10 @@ class Calls:
     def __init__(self, adapter: ModelAdapter, settings: Settings, max_rows: int | None = None):
         self.adapter = adapter
         row_bytes = int(np.prod(adapter.input_size)) * 4
-        budget_rows = max(1, settings.chunk_budget_mb * 1024 * 1024 // max(row_bytes, 1) // 8)
+        budget_bytes = settings.chunk_budget_mb * 1024 * 1024 // 8
+        if adapter.device == "cpu":
+            budget_bytes = min(budget_bytes, CPU_CHUNK_BYTES)
+        budget_rows = max(1, budget_bytes // max(row_bytes, 1))
         self.chunk = max(1, min(budget_rows, max_rows or 64))
         self.forward = 0
         self.backward = 0
@@ -121,6 +141,16 @@ class Calls:
         if isinstance(parts[0], tuple):
             return tuple(np.concatenate([p[i] for p in parts]) for i in range(len(parts[0])))
         return np.concatenate(parts)
+
+    def blocks(self, n: int):
+        """Consecutive slices of ``range(n)``, one chunk each, for methods that build their inputs
+        and reduce their outputs block by block (memory bounded by the chunk, not the sample count).
+        The chunk is read at every step, so a halving after an out-of-memory error carries on."""
+        start = 0
+        while start < n:
+            stop = min(n, start + self.chunk)
+            yield slice(start, stop)
+            start = stop
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         self.forward += len(batch)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Cost, Explainer, Param, Partial, register
+from .base import Cost, Explainer, Param, Partial, register, weighted_sum
 
 
 def default_background(x_shape, preset, seed: int) -> np.ndarray:
@@ -69,11 +69,14 @@ class ExpectedGradients(Explainer):
         for i, x in enumerate(batch):
             rng = np.random.default_rng(seed)
             picks, alphas, weights = stratified_samples(samples, len(background), rng)
-            refs = background[picks]
-            deltas = x[None] - refs
-            points = refs + alphas.astype(np.float32)[:, None, None, None] * deltas
-            _, grads = calls.input_gradients(points, [targets[i]] * samples)
-            attr = np.tensordot(weights, grads.astype(np.float64) * deltas, axes=(0, 0)).astype(np.float32)
+            total = np.zeros(x.shape, dtype=np.float64)
+            for block in calls.blocks(samples):
+                refs = background[picks[block]]
+                deltas = x[None] - refs
+                points = refs + alphas[block].astype(np.float32)[:, None, None, None] * deltas
+                _, grads = calls.input_gradients(points, [targets[i]] * len(points))
+                total += weighted_sum(weights[block], grads * deltas)
+            attr = total.astype(np.float32)
             partials.append(
                 Partial(
                     map=attr.sum(axis=-1),

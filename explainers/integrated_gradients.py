@@ -12,7 +12,7 @@ import numpy as np
 from workbench.errors import ParameterError
 from workbench.resize import gaussian_blur
 
-from .base import Cost, Explainer, Param, Partial, register
+from .base import Cost, Explainer, Param, Partial, register, weighted_sum
 
 BASELINES = ("black", "white", "blur", "noise", "background")
 
@@ -80,23 +80,28 @@ class IntegratedGradients(Explainer):
         has_ends = self._path_has_ends(params["method"])
         preset = calls.adapter.preset
         partials = []
+        steps = len(alphas)
         for i, x in enumerate(batch):
             rng = np.random.default_rng(seed)
             base = make_baseline(params["baseline"], x, preset, rng, background, params["blur_sigma"])
             delta = x - base
-            path = alphas.astype(np.float32)[:, None, None, None] * delta[None]
-            path += base[None]
-            if has_ends:  # exactly the baseline and the image, not base + 1.0 * (x - base)
-                path[0], path[-1] = base, x
-            outputs, grads = calls.input_gradients(path, [targets[i]] * len(alphas))
-            # weighted sum over the path in float64, one step at a time (no float64 copy of every gradient)
             total = np.zeros(x.shape, dtype=np.float64)
-            for weight, grad in zip(weights, grads):
-                total += weight * grad
+            for block in calls.blocks(steps):
+                path = alphas[block].astype(np.float32)[:, None, None, None] * delta[None]
+                path += base[None]
+                # the trapezoid's ends are exactly the baseline and the image, not base + 1.0 * (x - base)
+                if has_ends and block.start == 0:
+                    path[0] = base
+                if has_ends and block.stop == steps:
+                    path[-1] = x
+                outputs, grads = calls.input_gradients(path, [targets[i]] * len(path))
+                total += weighted_sum(weights[block], grads)
+                if has_ends and block.start == 0:
+                    reference = outputs[0, targets[i]]
+                if has_ends and block.stop == steps:
+                    score = outputs[-1, targets[i]]
             attr = (total * delta).astype(np.float32)
-            if has_ends:
-                score, reference = outputs[-1, targets[i]], outputs[0, targets[i]]
-            else:
+            if not has_ends:
                 score, reference = calls.predict(np.stack([x, base]))[:, targets[i]]
             partials.append(
                 Partial(

@@ -19,7 +19,10 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
     if window > size:
         raise ParameterError(f"The occlusion window ({window} px) is larger than the image side ({size} px).")
     if stride > window and window < size:
-        raise ParameterError(f"The stride ({stride} px) is larger than the window ({window} px); pixels between windows would get no attribution.")
+        raise ParameterError(
+            f"The stride ({stride} px) is larger than the window ({window} px); "
+            "pixels between windows would get no attribution."
+        )
     return [k * stride for k in range(-(-(size - window) // stride) + 1)]
 
 

@@ -67,7 +67,7 @@ class ShapPartition(Explainer):
 
     @classmethod
     def cost(cls, adapter, params=None, background_size=0):
-        # + 1: the score of the unmasked image, taken in the same forward as every method's
+        # + 1: the forward that gives the image's own score
         return Cost(forward=partition_evaluations(cls.normalise_params(params)["max_evals"]) + 1, backward=0)
 
     def max_rows(self, params):

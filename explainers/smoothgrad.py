@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Cost, Explainer, Param, Partial, register
+from .base import Cost, Explainer, Param, Partial, register, weighted_sum
 
 
 @register
@@ -41,11 +41,16 @@ class SmoothGrad(Explainer):
         for i, x in enumerate(batch):
             rng = np.random.default_rng(seed)
             sigma = params["noise"] * float(x.max() - x.min())
-            noisy = x[None] + rng.normal(0.0, sigma, size=(samples, *x.shape)).astype(np.float32)
-            _, grads = calls.input_gradients(noisy, [targets[i]] * samples)
-            if params["abs"]:
-                grads = np.abs(grads)
-            mean = grads.mean(axis=0)
+            total = np.zeros(x.shape, dtype=np.float64)
+            # noise drawn block by block continues one stream: the map does not depend on the chunk size
+            for block in calls.blocks(samples):
+                size = block.stop - block.start
+                noisy = x[None] + rng.normal(0.0, sigma, size=(size, *x.shape)).astype(np.float32)
+                _, grads = calls.input_gradients(noisy, [targets[i]] * size)
+                if params["abs"]:
+                    grads = np.abs(grads)
+                total += weighted_sum(np.full(size, 1.0 / samples), grads)
+            mean = total.astype(np.float32)
             partials.append(Partial(map=mean.sum(axis=-1), channels=mean))
             progress((i + 1) / len(batch), f"{self.title}: image {i + 1}/{len(batch)}")
         return partials

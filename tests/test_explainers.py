@@ -353,6 +353,38 @@ def test_keras_gradcam_never_takes_input_gradients(monkeypatch, keras_adapter, i
     assert result.evaluations == 2
 
 
+class InPlaceAfterLayer(torch.nn.Module):
+    """torchvision's BasicBlock pattern: ``out = bn(conv(x)); out += identity; out = relu_(out)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.relu = torch.nn.ReLU(inplace=True)
+        self.fc = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        out = self.bn(self.conv(x))
+        out += x.mean(dim=1, keepdim=True)
+        out = self.relu(out)
+        return self.fc(out.mean(dim=(2, 3)))
+
+
+def test_gradcam_of_a_layer_followed_by_in_place_ops_matches_captum(images):
+    # in-place ops after the layer must not overwrite the captured activations (bn's output would
+    # become relu(bn + x)); captum's hook keeps a clone, and so does the adapter's since 76cb816
+    torch.manual_seed(5)
+    model = InPlaceAfterLayer().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-0.5, 0.5)  # so bn's output has negative values for the ReLU to change
+    adapter = TorchAdapter(model, name="inplace", source_format="test", input_size=SIZE)
+    ours = explainers.get("gradcam").explain(adapter, images, [0, 1], params={"layer": "bn", "relu": False})
+    attr = captum_attr.LayerGradCam(model, model.bn).attribute(nchw(images), target=[0, 1])
+    reference = captum_attr.LayerAttribution.interpolate(attr, (16, 16), interpolate_mode="bilinear")[:, 0].detach().numpy()
+    for result, ref in zip(ours, reference):
+        assert np.abs(by_max(result.map) - by_max(ref)).max() <= 1e-5
+
+
 # ---------------------------------------------------------------- CAM variants (pytorch-grad-cam's formulas)
 def layer_pass(model, layer, batch, targets):
     """Activations and gradients of a layer, as pytorch-grad-cam's ActivationsAndGradients takes them."""
@@ -546,7 +578,9 @@ def test_shap_equals_calling_shap_directly(shap_run, torch_adapter, images):
     masker = shap.maskers.Image("blur(128,128)", pixels.shape[1:])
     explainer = shap.PartitionExplainer(f, masker, seed=3)
     np.random.seed(3)  # shap breaks ties with numpy's global generator, whatever seed it is given
-    explanation = explainer(pixels, max_evals=params["max_evals"], batch_size=params["batch_size"], outputs=np.array(target), silent=True)
+    explanation = explainer(
+        pixels, max_evals=params["max_evals"], batch_size=params["batch_size"], outputs=np.array(target), silent=True
+    )
     np.testing.assert_allclose(result.channels, explanation.values[0, ..., 0], rtol=1e-5, atol=1e-7)
     assert result.reference_score == pytest.approx(float(np.ravel(explanation.base_values)[0]), rel=1e-6)
 
@@ -585,8 +619,13 @@ def assert_clean_keras(model):
 
 
 @pytest.mark.parametrize("name", [n for n in FAST if n != "shap"])
-def test_no_hooks_or_patches_left_and_predictions_unchanged(name, torch_model, torch_adapter, keras_model, keras_adapter, images):
-    for adapter, clean, model in ((torch_adapter, assert_clean_torch, torch_model), (keras_adapter, assert_clean_keras, keras_model)):
+def test_no_hooks_or_patches_left_and_predictions_unchanged(
+    name, torch_model, torch_adapter, keras_model, keras_adapter, images
+):
+    for adapter, clean, model in (
+        (torch_adapter, assert_clean_torch, torch_model),
+        (keras_adapter, assert_clean_keras, keras_model),
+    ):
         before = adapter.predict(images)
         explainers.get(name).explain(adapter, images, params=FAST[name])
         clean(model)
@@ -691,7 +730,9 @@ class SmallDeviceAdapter(TorchAdapter):
         self.freed += 1
 
 
-@pytest.mark.parametrize("name", ["integrated_gradients", "scorecam", "occlusion", "gradcam", "expected_gradients"])
+@pytest.mark.parametrize(
+    "name", ["integrated_gradients", "scorecam", "occlusion", "gradcam", "expected_gradients", "smoothgrad", "saliency"]
+)
 def test_out_of_memory_halves_the_chunk_and_gives_the_same_result(name, torch_model, torch_adapter, images):
     small = SmallDeviceAdapter(torch_model, name="tiny", source_format="test", input_size=SIZE)
     batch = np.concatenate([images, images[:, ::-1]])  # 4 rows: over the fake device's limit for every method

@@ -56,14 +56,11 @@ class Occlusion(Explainer):
             scores = calls.predict(image[None])[0, targets[i]]
             drops = np.empty(len(positions), dtype=np.float64)
             # occluded copies are made one chunk at a time: all windows of a large image would not fit
-            start = 0
-            while start < len(positions):
-                block = positions[start : start + calls.chunk]
-                occluded = np.repeat(image[None], len(block), axis=0)
-                for k, (y, x) in enumerate(block):
+            for block in calls.blocks(len(positions)):
+                occluded = np.repeat(image[None], block.stop - block.start, axis=0)
+                for k, (y, x) in enumerate(positions[block]):
                     occluded[k, y : y + win, x : x + win] = fill[y : y + win, x : x + win]
-                drops[start : start + len(block)] = scores - calls.predict(occluded)[:, targets[i]]
-                start += len(block)
+                drops[block] = scores - calls.predict(occluded)[:, targets[i]]
             total = np.zeros((h, w), np.float64)
             count = np.zeros((h, w), np.float64)
             for drop, (y, x) in zip(drops, positions):

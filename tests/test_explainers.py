@@ -192,6 +192,31 @@ def test_no_explainer_module_imports_a_framework():
             assert not roots & forbidden, f"{path.name}:{node.lineno} imports {roots & forbidden}"
 
 
+# ---------------------------------------------------------------- shared helpers
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW view"])
+def test_weighted_sum_reads_either_layout(layout):
+    from explainers.base import weighted_sum
+
+    rng = np.random.default_rng(0)
+    stack = rng.standard_normal((5, 4, 6, 3)).astype(np.float32)
+    if layout == "NCHW view":  # what a channels-first adapter hands back: a transposed view
+        stack = np.ascontiguousarray(stack.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
+    weights = rng.random(5)
+    np.testing.assert_allclose(weighted_sum(weights, stack), np.tensordot(weights, stack, axes=(0, 0)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n, chunk, sizes", [(50, 27, [25, 25]), (50, 64, [50]), (7, 3, [3, 2, 2]), (65, 64, [33, 32])])
+def test_blocks_are_even_and_cover_every_row(n, chunk, sizes, torch_adapter):
+    from explainers.base import Calls
+    from workbench.settings import Settings
+
+    calls = Calls(torch_adapter, Settings(), max_rows=chunk)
+    blocks = list(calls.blocks(n))
+    assert [b.stop - b.start for b in blocks] == sizes
+    assert blocks[0].start == 0 and blocks[-1].stop == n
+    assert all(a.stop == b.start for a, b in zip(blocks, blocks[1:]))
+
+
 # ---------------------------------------------------------------- parameters
 @pytest.mark.parametrize("name", list(FAST))
 def test_defaults_are_valid(name):

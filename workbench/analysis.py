@@ -94,6 +94,19 @@ def estimate(
     return out
 
 
+def check_request(n_images: int, methods: Sequence[str], settings: Settings, *, where: str = "") -> None:
+    """Refuse an empty request or one over the deployment's image cap, before any work."""
+    if not n_images:
+        raise ParameterError(f"Add at least one image{where}.")
+    if not methods:
+        raise ParameterError("Pick at least one method.")
+    if n_images > settings.max_images_per_run:
+        raise ParameterError(
+            f"{n_images} images is over this deployment's limit of {settings.max_images_per_run} per run "
+            "(setting WORKBENCH_MAX_IMAGES_PER_RUN)."
+        )
+
+
 def run_comparison(
     adapter: ModelAdapter,
     images: Sequence[LoadedImage],
@@ -110,15 +123,7 @@ def run_comparison(
     import explainers
 
     settings = settings or get_settings()
-    if not images:
-        raise ParameterError("Add at least one image.")
-    if not methods:
-        raise ParameterError("Pick at least one method.")
-    if len(images) > settings.max_images_per_run:
-        raise ParameterError(
-            f"{len(images)} images is over this deployment's limit of {settings.max_images_per_run} per run "
-            "(setting WORKBENCH_MAX_IMAGES_PER_RUN)."
-        )
+    check_request(len(images), methods, settings)
     params = {m: dict((params or {}).get(m) or {}) for m in methods}
     # validate every method's parameters before running any
     normalised = {m: explainers.REGISTRY[m].normalise_params(params[m], settings) if m in explainers.REGISTRY else None for m in methods}

@@ -649,18 +649,10 @@ def plan(
 
     ``background``: images for the methods that use a background set (None: each method's default).
     """
-    from .analysis import estimate
+    from .analysis import check_request, estimate
 
     settings = settings or get_settings()
-    if not entries:
-        raise ParameterError("Add at least one image on the Images page.")
-    if not methods:
-        raise ParameterError("Pick at least one method.")
-    if len(entries) > settings.max_images_per_run:
-        raise ParameterError(
-            f"{len(entries)} images is over this deployment's limit of {settings.max_images_per_run} per run "
-            "(setting WORKBENCH_MAX_IMAGES_PER_RUN)."
-        )
+    check_request(len(entries), methods, settings, where=" on the Images page")
     normal = normalised_params(methods, params, settings)
     targets = tuple(target(ws, record, e) for e in entries)
     work = Plan(tuple(methods), normal, targets, {}, {}, tuple(background or ()))

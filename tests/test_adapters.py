@@ -113,6 +113,23 @@ def test_keras_layer_gradients_restore_layers(keras_adapter):
         assert "call" not in layer.__dict__
 
 
+def test_keras_compiled_calls_wait_while_a_layer_is_wrapped(keras_adapter):
+    """A first trace of a new input shape must not run while another call has a layer's ``call`` wrapped."""
+    seen = []
+    outputs = []
+    batch = keras_adapter.test_input(5, seed=2)  # a batch size no other test traced
+    worker = threading.Thread(target=lambda: outputs.append(keras_adapter.predict(batch)))
+    with keras_adapter._capture({"c2": keras_adapter._get_layer("c2")}, lambda path, out: seen.append(path)):
+        worker.start()
+        worker.join(timeout=1.0)
+        assert worker.is_alive(), "predict ran while c2 was wrapped"
+    worker.join(timeout=60)
+    assert not worker.is_alive() and len(outputs) == 1
+    assert seen == []  # the trace did not go through the wrapper
+    np.testing.assert_allclose(outputs[0], np.asarray(keras_adapter.model(batch)), atol=1e-5)
+    assert all("call" not in layer.__dict__ for layer in keras_adapter.model.layers)
+
+
 def test_concurrent_layer_calls_agree(torch_adapter):
     x = torch_adapter.test_input(2, seed=5)
     expected = torch_adapter.layer_gradients(x, "4", [1, 2]).gradients

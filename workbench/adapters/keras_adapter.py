@@ -184,12 +184,15 @@ class KerasAdapter(ModelAdapter):
                         layer.call = saved[path]
 
     # ------------------------------------------------------------------ primitives
+    # The compiled functions run under the model's lock too: a first call with a new input shape
+    # traces the model, and a trace taken while another thread has a layer's ``call`` wrapped
+    # would capture that wrapper into the graph for good.
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        with tf.device(self._device):
+        with self.lock, tf.device(self._device):
             return np.asarray(self._predict_fn(self._to_tensor(batch)), dtype=np.float32)
 
     def input_gradients(self, batch, targets):
-        with tf.device(self._device):
+        with self.lock, tf.device(self._device):
             out, grad = self._grad_fn(self._to_tensor(batch), self._targets(targets))
         return np.asarray(out, dtype=np.float32), self._from_input_layout(grad).astype(np.float32)
 

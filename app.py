@@ -13,6 +13,7 @@ import logging
 
 import streamlit as st
 
+from pages import controls
 from workbench import session, sharing, warmup
 from workbench.errors import WorkbenchError
 from workbench.settings import check_environment
@@ -46,17 +47,22 @@ workspace: session.Workspace = st.session_state["workspace"]
 
 # A share link is the app's address + ?run=<id>: with one, the saved run is the page at that address.
 opening_link = "run" in st.query_params
-page = st.navigation(
-    [
-        st.Page("pages/models.py", title="Models", icon=":material/deployed_code:", default=not opening_link),
-        st.Page("pages/images.py", title="Images", icon=":material/image:"),
-        st.Page("pages/explain.py", title="Explain & compare", icon=":material/compare:"),
-        st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
-        st.Page("pages/shared.py", title="Saved run", icon=":material/link:", url_path="saved", default=opening_link,
-                visibility="visible" if opening_link else "hidden"),
-        st.Page("pages/about.py", title="About", icon=":material/info:"),
-    ]
-)
+pages = [
+    st.Page("pages/models.py", title="Models", icon=":material/deployed_code:", default=not opening_link),
+    st.Page("pages/images.py", title="Images", icon=":material/image:"),
+    st.Page("pages/explain.py", title="Explain & compare", icon=":material/compare:"),
+    st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
+    st.Page("pages/shared.py", title="Saved run", icon=":material/link:", url_path="saved", default=opening_link,
+            visibility="visible" if opening_link else "hidden"),
+    st.Page("pages/about.py", title="About", icon=":material/info:"),
+]
+page = st.navigation(pages)
+# a page opened by its own URL before this entry point had ever run came here first (pages/controls.py)
+wanted = st.session_state.pop(controls.OPEN_PAGE_KEY, None)
+if wanted and wanted != page.url_path:
+    target = next((p for p in pages if p.url_path == wanted), None)
+    if target is not None:
+        st.switch_page(target, query_params=st.query_params.to_dict())
 
 
 def _activate() -> None:

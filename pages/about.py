@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
+from pages import controls
 from workbench import session
 from workbench.settings import get_settings
 
-ws: session.Workspace = st.session_state["workspace"]
+ws: session.Workspace = controls.workspace("about")
 settings = get_settings()
 
 st.title("About")

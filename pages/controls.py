@@ -25,6 +25,23 @@ NORMALISATIONS = {
 DISPLAY_PX = 256  # small maps are enlarged (nearest neighbour) to at least this size for display
 
 
+ENTRY_POINT = "app.py"
+OPEN_PAGE_KEY = "app_open_page"
+
+
+def workspace(url_path: str) -> session.Workspace:
+    """The session's workspace, which the entry point creates after its environment and sign-in checks.
+
+    On a freshly started server, a page opened by its own URL (``/runs``) before any session has run
+    the entry point is run alone by Streamlit (it still sees the ``pages/`` folder): then this sends the
+    browser through the entry point, which opens ``url_path`` once its frame has run.
+    """
+    if "workspace" not in st.session_state:
+        st.session_state[OPEN_PAGE_KEY] = url_path
+        st.switch_page(ENTRY_POINT, query_params=st.query_params.to_dict())
+    return st.session_state["workspace"]
+
+
 def initial(key: str, value: Any) -> str:
     """Give a widget its first value through Session State instead of a default argument, so that a saved
     run's Re-run can set the value before the page draws the widget (:func:`preset_explain`); -> the key."""
@@ -256,6 +273,16 @@ def share_panel(comparison: Comparison, display: Display, *, scope: str) -> None
             item.label, item.build, file_name=item.file_name, mime=item.mime, key=f"{scope}_export_{item.kind}",
             icon=":material/download:", on_click="ignore", width="stretch",
         )
+
+
+def explain_on_arrival() -> None:
+    """Quick start's last step: Explain & compare with the default methods, computed as the page opens."""
+    state = st.session_state
+    state.pop("explain_rerun", None)
+    state["explain_mode"] = "methods"
+    state["explain_methods"] = list(session.DEFAULT_METHODS)
+    state["explain_autorun"] = True
+    st.switch_page("pages/explain.py")
 
 
 def preset_explain(rerun: sharing.Rerun) -> None:

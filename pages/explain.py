@@ -13,7 +13,7 @@ from workbench import session, sharing
 from workbench.errors import WorkbenchError
 
 log = logging.getLogger("workbench.app")
-ws: session.Workspace = st.session_state["workspace"]
+ws: session.Workspace = controls.workspace("explain")
 
 st.title("Explain & compare")
 record = ws.model
@@ -78,7 +78,7 @@ except WorkbenchError as error:
 todo = sum(p.results_to_compute for p in plans)
 last_run = st.session_state.get("explain_last_run")  # what the latest Run did, shown once nothing is left to do
 keys = [session.comparison_key(m, entries, p, seed) for m, p in zip(models, plans)]
-autorun = st.session_state.pop("explain_autorun", False)  # set by a saved run's Re-run: this page runs it on arrival
+autorun = st.session_state.pop("explain_autorun", False)  # set by Quick start and a saved run's Re-run: run on arrival
 rerun_of = st.session_state.get("explain_rerun")
 if rerun_of and autorun:
     rerun_of["key"] = keys[0]

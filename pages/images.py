@@ -8,11 +8,12 @@ import streamlit as st
 
 import model_zoo
 from pages import charts
+from pages import controls
 from workbench import render, session
 from workbench.errors import WorkbenchError
 
 log = logging.getLogger("workbench.app")
-ws: session.Workspace = st.session_state["workspace"]
+ws: session.Workspace = controls.workspace("images")
 
 st.title("Images")
 upload_col, zoo_col = st.columns([3, 2], gap="large")

@@ -7,13 +7,15 @@ import logging
 import streamlit as st
 
 import model_zoo
+from pages import controls
+from pages import controls
 from workbench import session
 from workbench.errors import WorkbenchError
 from workbench.preprocess import PRESETS
 from workbench.settings import get_settings
 
 log = logging.getLogger("workbench.app")
-ws: session.Workspace = st.session_state["workspace"]
+ws: session.Workspace = controls.workspace("models")
 
 
 def attempt(action, what: str, notice_key: str, then=st.rerun) -> None:
@@ -85,9 +87,12 @@ with zoo_col:
             attempt(lambda: session.load_zoo(ws, zoo_name), zoo_name, "models_zoo_notice")
     if st.session_state.get("models_zoo_notice"):
         st.error(st.session_state["models_zoo_notice"], icon=":material/block:")
-    if not ws.models and st.button("Quick start: shapes-cnn-torch and a sample image", key="models_quick_start", icon=":material/bolt:"):
+    if not ws.models and st.button(
+        "Quick start: shapes-cnn-torch, a sample image, and Grad-CAM, IG and SHAP side by side",
+        key="models_quick_start", icon=":material/bolt:",
+    ):
         with st.spinner("Loading shapes-cnn-torch…"):
-            attempt(lambda: session.quick_start(ws), "shapes-cnn-torch", "models_zoo_notice", then=lambda: st.switch_page("pages/explain.py"))
+            attempt(lambda: session.quick_start(ws), "shapes-cnn-torch", "models_zoo_notice", then=controls.explain_on_arrival)
 
 record = ws.model
 if record is None:

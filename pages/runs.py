@@ -15,7 +15,7 @@ from workbench.settings import get_settings
 from workbench.store import NotRunOwner
 
 log = logging.getLogger("workbench.app")
-ws: session.Workspace = st.session_state["workspace"]
+ws: session.Workspace = controls.workspace("runs")
 LISTED = 100
 
 

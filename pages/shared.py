@@ -14,7 +14,7 @@ from workbench.errors import RunNotFound, WorkbenchError
 from workbench.store import RunDamaged
 
 log = logging.getLogger("workbench.app")
-ws: session.Workspace = st.session_state["workspace"]
+ws: session.Workspace = controls.workspace("saved")
 
 st.title("Saved run")
 run_id = st.query_params.get("run")

@@ -175,6 +175,23 @@ def test_zoo_model_sample_three_methods_grid_and_agreement(monkeypatch):
 
 
 @needs_zoo
+def test_quick_start_opens_the_comparison_computed(monkeypatch):
+    """A new user's one click: the zoo CNN, its first sample, and Grad-CAM, IG and SHAP already computed."""
+    spy = CountingExplain(monkeypatch)
+    at = start()
+    at.button(key="models_quick_start").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
+    ws = workspace(at)
+    assert ws.model.name == "shapes-cnn-torch" and [e.name for e in ws.images.values()] == [model_zoo.samples()[0].image.name]
+    assert at.title[0].value == "Explain & compare"
+    assert spy.calls == 3
+    assert len(at.image) == 4
+    assert any(t.startswith("Agreement") for t in chart_titles(at))
+    assert at.button(key="explain_run").disabled, "nothing left to compute"
+    assert at.code and "?run=" in at.code[0].value, "the run is saved, with its share link"
+
+
+@needs_zoo
 def test_display_options_and_page_switches_call_no_explainer(monkeypatch):
     at = start()
     load_zoo_and_sample(at)

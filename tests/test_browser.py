@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -207,5 +209,65 @@ def test_upload_keras_model_and_image_then_compare_three_methods_and_share(serve
             reader.wait_for_timeout(1000)
             reader.screenshot(path=str(ARTIFACTS / "browser_shared.png"))
             other.close()
+        finally:
+            browser.close()
+
+
+def test_new_user_quick_start_on_a_fresh_server(server):
+    """What the README promises a new user: open the app, one click, Grad-CAM, IG and SHAP side by side with
+    the agreement chart. The time from opening the page to the drawn charts goes to test-artifacts/ (this
+    is a record, not a timed assertion: shared machines are noisy)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, log_path = server
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 1000})
+            page.set_default_timeout(120_000)
+            started = time.perf_counter()
+            page.goto(url)
+            page.get_by_role("button", name=re.compile("^Quick start")).click()
+            expect(page.get_by_text("Agreement and cost")).to_be_visible(timeout=180_000)
+            expect(page.locator(GRID_IMAGES)).to_have_count(4)
+            grid_pictures(page)  # every heatmap decoded
+            charts = page.locator("[data-testid='stVegaLiteChart']")
+            expect(charts).to_have_count(2)
+            expect(charts.first.locator("canvas, svg").first).to_be_visible()
+            seconds = time.perf_counter() - started
+            assert explainer_calls(log_path) == 3
+            log = log_path.read_text(errors="replace")
+            record = {
+                "seconds_from_page_open_to_charts": round(seconds, 2),
+                "explainer_log": [line.split(" INFO ", 1)[-1] for line in log.splitlines() if EXPLAINER_LOG in line],
+                "warm_up_log": [line.split(" INFO ", 1)[-1] for line in log.splitlines() if "warm-up" in line],
+                "load_average": os.getloadavg(),
+            }
+            (ARTIFACTS / "quick_start.json").write_text(json.dumps(record, indent=2) + "\n")
+            print(json.dumps(record))
+            page.set_viewport_size({"width": 1500, "height": 2300})
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(ARTIFACTS / "browser_quick_start.png"))
+        finally:
+            browser.close()
+
+
+def test_a_page_url_opened_first_on_a_fresh_server_goes_through_the_entry_point(server):
+    """Before any session has run app.py, Streamlit runs a page's file alone (it still sees pages/): the page
+    must not fail, nor skip the entry point's checks, and the user lands on the page the URL named."""
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _ = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(60_000)
+            page.goto(f"{url}/runs?model=none")
+            expect(page.get_by_role("heading", name="Runs")).to_be_visible()
+            expect(page.locator("[data-testid='stSidebar']").get_by_text("No model loaded yet.")).to_be_visible()
+            expect(page.get_by_text("encountered an error")).to_have_count(0)
+            assert page.url == f"{url}/runs?model=none"
         finally:
             browser.close()

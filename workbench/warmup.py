@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import numpy as np
 
@@ -27,8 +28,10 @@ def warm_up_shap() -> None:
 
 
 def _run() -> None:
+    started = time.perf_counter()
     try:
         warm_up_shap()
+        log.info("shap warm-up done in %.1f s", time.perf_counter() - started)
     except Exception:  # noqa: BLE001 - a failed warm-up only means the first run compiles instead
         log.warning("shap warm-up failed", exc_info=True)
     finally:

@@ -69,7 +69,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         (64, 64, 3),
         len(CLASSES),
         CLASSES,
-        "Plain CNN (conv-ReLU-maxpool x3, conv-ReLU, global average pool, linear) trained on "
+        "Plain CNN (conv-SiLU-avgpool x3, conv-SiLU, global average pool, linear) trained on "
         "synthetic shapes; samples ship with exact object masks.",
     ),
     "resnet-mini": Architecture(

@@ -34,9 +34,9 @@ def shapes_cnn(num_classes: int = 6, widths: tuple[int, int, int, int] = (16, 32
     x = inputs
     for index, width in enumerate(widths, start=1):
         x = layers.Conv2D(width, 3, padding="same", name=f"conv{index}")(x)
-        x = layers.ReLU(name=f"relu{index}")(x)
+        x = layers.Activation("silu", name=f"act{index}")(x)
         if index < len(widths):
-            x = layers.MaxPooling2D(2, name=f"pool{index}")(x)
+            x = layers.AveragePooling2D(2, name=f"pool{index}")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     outputs = layers.Dense(num_classes, name="fc")(x)
     return keras.Model(inputs, outputs, name="shapes_cnn")

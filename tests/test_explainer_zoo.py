@@ -28,13 +28,8 @@ ZOO_PARAMS = {
     "shap": {"max_evals": 200, "batch_size": 100},
 }
 # Completeness ratio |sum(attr) - (f(x) - f(baseline))| / |f(x) - f(baseline)| of IG on the 12 samples
-# (black baseline). The trained ReLU/max-pool network's gradient oscillates along the path, so a fixed
-# quadrature converges slowly: at 64 steps the median is 0.3% but two samples miss 1% (star_1: 6.6%
-# Gauss-Legendre, 1.7% trapezoid; triangle_0, whose score barely moves from black: 3.0% / 1.0%).
-# captum gives the same gaps in float32 and float64, so they are neither precision nor this code;
-# 128 / 256 / 512 Gauss-Legendre steps bring the worst sample to 1.3% / 0.9% / 0.2%.
-IG_MEDIAN_AT_64, IG_WORST_AT_64 = 0.01, 0.10
-IG_STEPS_FOR_1_PERCENT = 512
+# (black baseline) must stay within the floor at 64 steps, both rules, both frameworks.
+IG_STEPS, IG_TOLERANCE = 64, 0.01
 # Expected gradients at 200 samples, default background (black, white, 8 noise images), seed 0:
 # the same ratio averages 0.05 over the samples (0.22 with shap's independent draws), worst 0.16.
 EG_SAMPLES = 200
@@ -72,39 +67,48 @@ def completeness(adapter, batch, labels, steps, method="gausslegendre") -> list[
 
 @pytest.mark.parametrize("framework", ["torch", "keras"])
 @pytest.mark.parametrize("method", ["gausslegendre", "riemann_trapezoid"])
-def test_integrated_gradients_completeness_at_64_steps(framework, method, shapes_twins, samples):
+def test_integrated_gradients_complete_at_64_steps(framework, method, shapes_twins, samples):
     batch, labels = samples
-    ratios = completeness(shapes_twins[framework], batch, labels, 64, method)
-    print(f"IG 64 {method} {framework}: completeness ratio median {np.median(ratios):.4f} worst {max(ratios):.4f}")
-    assert np.median(ratios) <= IG_MEDIAN_AT_64 and max(ratios) <= IG_WORST_AT_64, ratios
+    ratios = completeness(shapes_twins[framework], batch, labels, IG_STEPS, method)
+    print(f"IG {IG_STEPS} {method} {framework}: completeness ratio median {np.median(ratios):.2e} worst {max(ratios):.2e}")
+    assert max(ratios) <= IG_TOLERANCE, ratios
 
 
-def test_integrated_gradients_gaps_are_the_quadratures_not_precision(shapes_twins, samples):
-    """captum's convergence delta in float64 equals our float32 gap: the gap is the quadrature's."""
-    import copy
+def kinked_cnn():
+    """The zoo CNN's layout with ReLU and max-pooling (seeded, untrained): its path integrals have kinks."""
+    torch.manual_seed(0)
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 6),
+    ).eval()
 
-    batch, labels = samples
-    picks = [0, 4, 7]  # the two worst samples and a typical one
-    batch, labels = batch[picks], [labels[i] for i in picks]
-    ours = completeness(shapes_twins["torch"], batch, labels, 64)
-    model = copy.deepcopy(shapes_twins["torch"].module).double()
+
+def test_integrated_gradients_gap_on_a_kinked_net_is_captums_and_is_pointed_out(samples):
+    """On a ReLU/max-pool net a fixed quadrature leaves a gap: ours equals captum's convergence delta computed
+    in float64 (so it is the quadrature's, not precision or this code), and the result says so."""
+    from workbench.adapters.torch_adapter import TorchAdapter
+
+    batch, _ = samples
+    model = kinked_cnn()
+    adapter = TorchAdapter(model, name="kinked", source_format="test", input_size=(64, 64, 3))
+    targets = [int(t) for t in adapter.predict(batch).argmax(axis=1)]
+    results = explainers.get("integrated_gradients").explain(adapter, batch, targets, params={"steps": 16})
+    ours = np.array([r.completeness_ratio for r in results])
+    double = kinked_cnn().double()
     x = torch.from_numpy(batch).permute(0, 3, 1, 2).double()
-    _, delta = captum_attr.IntegratedGradients(model).attribute(
-        x, baselines=0.0, target=labels, n_steps=64, return_convergence_delta=True
+    _, delta = captum_attr.IntegratedGradients(double).attribute(
+        x, baselines=0.0, target=targets, n_steps=16, return_convergence_delta=True
     )
     with torch.no_grad():
-        rows = torch.arange(len(labels)), torch.tensor(labels)
-        change = (model(x) - model(torch.zeros_like(x)))[rows]
+        change = (double(x) - double(torch.zeros_like(x)))[torch.arange(len(targets)), torch.tensor(targets)]
+    print(f"kinked net, IG 16 steps: completeness ratio median {np.median(ours):.4f} worst {ours.max():.4f}")
     np.testing.assert_allclose(ours, (delta.abs() / change.abs()).numpy(), rtol=0.02, atol=2e-4)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("framework", ["torch", "keras"])
-def test_integrated_gradients_complete_within_1_percent_with_more_steps(framework, shapes_twins, samples):
-    batch, labels = samples
-    ratios = completeness(shapes_twins[framework], batch, labels, IG_STEPS_FOR_1_PERCENT)
-    print(f"IG {IG_STEPS_FOR_1_PERCENT} gausslegendre {framework}: worst completeness ratio {max(ratios):.4f}")
-    assert max(ratios) <= 0.01, ratios
+    assert ours.max() > IG_TOLERANCE, "the kinked net should leave a visible gap at 16 steps"
+    for r in results:
+        flagged = any("miss completeness" in note for note in r.notes)
+        assert flagged == (r.completeness_ratio > IG_TOLERANCE), (r.completeness_ratio, r.notes)
 
 
 @pytest.mark.slow
@@ -143,7 +147,7 @@ def test_twins_give_the_same_map(name, shapes_twins, samples):
     for a, b in zip(ours, theirs):
         r = float(np.corrcoef(a.map.ravel(), b.map.ravel())[0, 1])
         assert r >= 0.999, (name, r)
-        assert a.layer == b.layer  # the twins name their layers alike (relu4 for a CAM)
+        assert a.layer == b.layer  # the twins name their layers alike (act4 for a CAM)
 
 
 @pytest.mark.parametrize("framework", ["torch", "keras"])

@@ -768,10 +768,10 @@ def test_out_of_memory_halves_the_chunk_and_gives_the_same_result(name, torch_mo
         np.testing.assert_allclose(a.map, b.map, rtol=1e-5, atol=1e-6)
         assert a.evaluations == b.evaluations
         assert any("chunk halved to" in note for note in a.notes), a.notes
-        assert not b.notes
+        assert not any("chunk" in note for note in b.notes)
     # one note and one release per refused call, and the chunk stays small once halved
     failures = [i for i, rows in enumerate(small.rows_seen) if rows > small.limit]
-    assert len(got[0].notes) == len(failures) == small.freed >= 1
+    assert len([n for n in got[0].notes if "chunk" in n]) == len(failures) == small.freed >= 1
     assert all(rows <= small.limit for rows in small.rows_seen[failures[-1] + 1 :])
 
 

@@ -38,6 +38,7 @@ from .errors import ParameterError, WorkbenchError
 from .images import LoadedImage, load_image
 from .result import Attribution, Comparison, ExplainedImage
 from .settings import Settings, get_settings
+from . import warmup
 
 log = logging.getLogger("workbench.app")
 
@@ -690,6 +691,11 @@ def run(
             if progress:
                 progress(min(1.0, (_start + fraction * _weight) / total), message)
 
+        if method in warmup.NEEDED_BY and not warmup.done.is_set():
+            report(0.0, "SHAP: waiting for shap's one-off kernel compile (once per server start)")
+            waited = warmup.wait_if_running()
+            if waited:
+                log.info("waited %.1f s for the shap warm-up", waited)
         started = time.perf_counter()
         with record.adapter.lock:
             comparison = run_comparison(

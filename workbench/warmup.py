@@ -23,7 +23,7 @@ def warm_up_shap() -> None:
     import shap
 
     masker = shap.maskers.Image("blur(8,8)", (16, 16, 3))
-    explainer = shap.PartitionExplainer(lambda z: z.reshape(len(z), -1)[:, :2].astype(np.float64), masker)
+    explainer = shap.PartitionExplainer(lambda z: z.reshape(len(z), -1)[:, :2].astype(np.float32), masker)
     explainer(np.random.default_rng(0).random((1, 16, 16, 3)) * 255, max_evals=40, batch_size=20, outputs=np.array([0]), silent=True)
 
 
@@ -36,6 +36,25 @@ def _run() -> None:
         log.warning("shap warm-up failed", exc_info=True)
     finally:
         done.set()
+
+
+# methods whose first run needs what the warm-up compiles
+NEEDED_BY = frozenset({"shap"})
+
+
+def wait_if_running(timeout: float = 300.0) -> float:
+    """Block until a started warm-up has finished (or ``timeout``); -> the seconds waited.
+
+    A run that needs shap's kernels while they compile would wait for numba's compile lock
+    anyway; waiting here instead lets the caller say why, and keeps the wait out of the
+    method's own timing.
+    """
+    thread = _thread
+    if thread is None or done.is_set():
+        return 0.0
+    started = time.perf_counter()
+    done.wait(timeout)
+    return time.perf_counter() - started
 
 
 def start_background_warm_up() -> threading.Thread:

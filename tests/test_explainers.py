@@ -782,3 +782,21 @@ def test_other_errors_are_not_retried(torch_model, images):
     with pytest.raises(FakeOutOfMemory):
         explainers.get("integrated_gradients").explain(small, images, [0, 1], params={"steps": 8})
     assert small.freed == 0 and len(small.rows_seen) == 1
+
+
+@pytest.mark.parametrize(
+    "shape, size",
+    [((1, 7, 7), (224, 224)), ((2, 1, 1), (5, 3)), ((3, 9, 6, 4), (16, 20)), ((1, 50, 60, 3), (33, 97)), ((2, 8, 8), (8, 8))],
+)
+def test_bilinear_resize_equals_torch_interpolate(shape, size):
+    """The CAM upsampling: bilinear with half-pixel centres and no antialiasing, up or down, any channels."""
+    from workbench.resize import bilinear_resize
+
+    maps = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    ours = bilinear_resize(maps, size)
+    nchw = torch.from_numpy(maps if maps.ndim == 4 else maps[..., None]).permute(0, 3, 1, 2)
+    theirs = torch.nn.functional.interpolate(nchw, size=size, mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+    theirs = theirs.numpy()[..., 0] if maps.ndim == 3 else theirs.numpy()
+    assert ours.shape == theirs.shape and ours.dtype == np.float32
+    # torch computes source positions in float32 (scale = in / out); ours in float64: ~1e-5 apart at most
+    np.testing.assert_allclose(ours, theirs, atol=5e-5)

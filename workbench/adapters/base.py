@@ -229,7 +229,11 @@ class ModelAdapter(abc.ABC):
         raise LayerError(f"No layer named {name!r}; pick one from the layers table.")
 
     def default_cam_layer(self) -> str:
-        return choose_cam_layer(self.layers())
+        layers = self.layers()
+        cached = getattr(self, "_cam_layer", None)  # (the layer table it was chosen from, the choice)
+        if cached is None or cached[0] is not layers:
+            cached = self._cam_layer = (layers, choose_cam_layer(layers))
+        return cached[1]
 
     def info(self) -> ModelInfo:
         return ModelInfo(

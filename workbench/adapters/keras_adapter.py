@@ -200,8 +200,17 @@ class KerasAdapter(ModelAdapter):
         captured = {}
         target_layer = self._get_layer(layer)
         x = self._to_tensor(batch)
-        with self._capture({layer: target_layer}, lambda _p, out: captured.__setitem__("out", out)):
-            with tf.device(self._device), tf.GradientTape() as tape:
+        # The tape watches nothing but the layer's output: only the ops after the layer are recorded,
+        # so the backward pass stops there instead of running through the whole network and its weights.
+        tape = tf.GradientTape(watch_accessed_variables=False)
+
+        def record(_path, out):
+            if not isinstance(out, (list, tuple, dict)):
+                tape.watch(out)
+            captured["out"] = out
+
+        with self._capture({layer: target_layer}, record):
+            with tf.device(self._device), tape:
                 out = self._call(x)
                 selected = tf.reduce_sum(tf.gather(out, self._targets(targets), axis=1, batch_dims=1))
             act = captured.get("out")

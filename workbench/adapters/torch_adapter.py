@@ -101,17 +101,26 @@ class TorchAdapter(ModelAdapter):
             raise LayerError(f"No layer named {layer!r}; pick one from the layers table.") from None
 
     @contextlib.contextmanager
-    def _capture(self, layer: str):
-        """Forward hook on one module for the duration of one call (under the model's lock)."""
+    def _capture(self, layer: str, gradients: bool = False):
+        """Forward hook on one module for the duration of one call (under the model's lock).
+
+        With ``gradients``, the forward pass is meant to run without autograd: the hook turns it on
+        at the layer and makes the captured output a leaf that needs a gradient, so only the ops
+        after the layer are recorded and the backward pass starts and ends there.
+        """
         captured: dict[str, torch.Tensor] = {}
 
         def hook(_module, _inputs, output):
+            if not isinstance(output, torch.Tensor):
+                captured["out"] = output
+                return None
+            if gradients:
+                torch.set_grad_enabled(True)  # until the caller's no_grad() block ends
+                output = output.detach().requires_grad_(True)
             captured["out"] = output
             # Hand the rest of the forward pass a copy, so in-place ops after this layer
             # (``out += identity`` in residual blocks) cannot overwrite what we keep (as captum does).
-            if isinstance(output, torch.Tensor):
-                return output.clone()
-            return None
+            return output.clone()
 
         with self.lock:
             handle = self._get_module(layer).register_forward_hook(hook)
@@ -134,14 +143,14 @@ class TorchAdapter(ModelAdapter):
 
     def layer_gradients(self, batch, layer, targets):
         x = self._to_tensor(batch)
-        # Only when no parameter needs a gradient must the input carry one for the graph to exist.
-        if not any(p.requires_grad for p in self.module.parameters()):
-            x.requires_grad_(True)
-        with self._capture(layer) as captured, torch.enable_grad():
-            out = self._forward(x)
+        with self._capture(layer, gradients=True) as captured:
+            with torch.no_grad():  # the hook turns autograd on at the layer
+                out = self._forward(x)
             act = captured.get("out")
             if not isinstance(act, torch.Tensor):
                 raise LayerError(f"Layer {layer!r} did not produce a single tensor in the forward pass.")
+            if not out.requires_grad:
+                raise LayerError(f"The model's output does not depend on layer {layer!r}.")
             (grad,) = torch.autograd.grad(self._target_sum(out, targets), act)
         return LayerPass(
             outputs=out.detach().float().cpu().numpy(),

@@ -102,22 +102,6 @@ def load_zoo_and_sample(at: AppTest, model: str = "shapes-cnn-torch", sample: st
     assert not at.exception, [e.value for e in at.exception]
 
 
-class CountingExplain:
-    """Wraps Explainer.explain (the entry point every method runs through) and counts calls."""
-
-    def __init__(self, monkeypatch):
-        import explainers.base
-
-        self.calls = 0
-        original = explainers.base.Explainer.explain
-
-        def counted(this, *args, **kwargs):
-            self.calls += 1
-            return original(this, *args, **kwargs)
-
-        monkeypatch.setattr(explainers.base.Explainer, "explain", counted)
-
-
 # --------------------------------------------------------------------------- pages
 def test_every_page_renders_without_a_model():
     at = start()
@@ -152,8 +136,8 @@ def test_unsafe_environment_stops_with_its_message(monkeypatch):
 
 # --------------------------------------------------------------------------- the main flow
 @needs_zoo
-def test_zoo_model_sample_three_methods_grid_and_agreement(monkeypatch):
-    spy = CountingExplain(monkeypatch)
+def test_zoo_model_sample_three_methods_grid_and_agreement(explain_calls):
+    spy = explain_calls
     at = start()
     load_zoo_and_sample(at)
     ws = workspace(at)
@@ -175,9 +159,9 @@ def test_zoo_model_sample_three_methods_grid_and_agreement(monkeypatch):
 
 
 @needs_zoo
-def test_quick_start_opens_the_comparison_computed(monkeypatch):
+def test_quick_start_opens_the_comparison_computed(explain_calls):
     """A new user's one click: the zoo CNN, its first sample, and Grad-CAM, IG and SHAP already computed."""
-    spy = CountingExplain(monkeypatch)
+    spy = explain_calls
     at = start()
     at.button(key="models_quick_start").click().run()
     assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
@@ -192,12 +176,13 @@ def test_quick_start_opens_the_comparison_computed(monkeypatch):
 
 
 @needs_zoo
-def test_display_options_and_page_switches_call_no_explainer(monkeypatch):
+def test_display_options_and_page_switches_call_no_explainer(explain_calls):
     at = start()
     load_zoo_and_sample(at)
     page(at, "pages/explain.py")
     at.button(key="explain_run").click().run()
-    spy = CountingExplain(monkeypatch)
+    spy = explain_calls
+    spy.calls = 0  # count from here: only display options and page switches follow
 
     at.selectbox(key="display_normalise").set_value("image").run()
     at.slider(key="display_opacity").set_value(0.8).run()

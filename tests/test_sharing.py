@@ -49,22 +49,6 @@ needs_zoo = pytest.mark.skipif(
 )
 
 
-class CountingExplain:
-    """Counts Explainer.explain calls: every method runs through it."""
-
-    def __init__(self, monkeypatch):
-        import explainers.base
-
-        self.calls = 0
-        original = explainers.base.Explainer.explain
-
-        def counted(this, *args, **kwargs):
-            self.calls += 1
-            return original(this, *args, **kwargs)
-
-        monkeypatch.setattr(explainers.base.Explainer, "explain", counted)
-
-
 def ok(at: AppTest) -> AppTest:
     assert not at.exception, [e.value for e in at.exception]
     return at
@@ -149,13 +133,13 @@ def saved_run(tmp_path_factory):
 
 
 @needs_zoo
-def test_a_link_opened_in_another_session_shows_the_saved_arrays_without_explaining(saved_run, monkeypatch):
+def test_a_link_opened_in_another_session_shows_the_saved_arrays_without_explaining(saved_run, explain_calls):
     run_id = saved_run["run_id"]
     assert saved_run["link"] == f"{get_settings().public_base_url}/?run={run_id}"
     author = saved_run["author"]
     assert len(author.get("download_button")) == 4 + 1, "grid, NPZ, provenance, HTML; and the image's maps"
 
-    spy = CountingExplain(monkeypatch)
+    spy = explain_calls
     started = time.perf_counter()
     at = ok(open_link(run_id))
     reopen_seconds = time.perf_counter() - started
@@ -181,10 +165,10 @@ def test_a_link_opened_in_another_session_shows_the_saved_arrays_without_explain
 
 
 @needs_zoo
-def test_maps_computed_for_other_settings_are_saved_on_request(saved_run, monkeypatch):
+def test_maps_computed_for_other_settings_are_saved_on_request(saved_run, explain_calls):
     """Fewer methods than were run: the maps come from the session's cache, and saving them is a choice."""
     at = saved_run["author"]
-    spy = CountingExplain(monkeypatch)
+    spy = explain_calls
     ok(at.multiselect(key="explain_methods").set_value(["gradcam", "integrated_gradients"]).run())
     assert len(at.image) == 3 and not at.code, "shown, not saved"
     ok(at.button(key="explain_save").click().run())
@@ -213,9 +197,9 @@ def test_the_exports_of_a_saved_run(saved_run):
 
 
 @needs_zoo
-def test_rerun_loads_the_stored_model_and_images_and_computes_the_same_maps(saved_run, monkeypatch):
+def test_rerun_loads_the_stored_model_and_images_and_computes_the_same_maps(saved_run, explain_calls):
     at = ok(open_link(saved_run["run_id"]))
-    spy = CountingExplain(monkeypatch)
+    spy = explain_calls
     ok(at.button(key="shared_rerun").click().run())
     assert not at.error, [e.value for e in at.error]
     assert spy.calls == 3, "the three methods ran again, on Explain & compare"

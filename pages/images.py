@@ -7,8 +7,7 @@ import logging
 import streamlit as st
 
 import model_zoo
-from pages import charts
-from pages import controls
+from pages import charts, controls
 from workbench import render, session
 from workbench.errors import WorkbenchError
 

@@ -8,7 +8,6 @@ import streamlit as st
 
 import model_zoo
 from pages import controls
-from pages import controls
 from workbench import session
 from workbench.errors import WorkbenchError
 from workbench.preprocess import PRESETS

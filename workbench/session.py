@@ -33,12 +33,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from . import warmup
 from .adapters.base import ModelAdapter
 from .errors import ParameterError, WorkbenchError
 from .images import LoadedImage, load_image
 from .result import Attribution, Comparison, ExplainedImage
 from .settings import Settings, get_settings
-from . import warmup
 
 log = logging.getLogger("workbench.app")
 

@@ -18,6 +18,7 @@ captum_attr = pytest.importorskip("captum.attr")
 
 import explainers  # noqa: E402
 import model_zoo  # noqa: E402
+from conftest import shap_called_directly  # noqa: E402
 from workbench.errors import ModelRejected  # noqa: E402
 
 # where each stochastic or slow method is run with fewer evaluations than its default
@@ -144,6 +145,17 @@ def test_twins_give_the_same_map(name, shapes_twins, samples):
     targets = [labels[i] for i in picks]
     ours = explainers.get(name).explain(shapes_twins["torch"], batch[picks], targets, params=params, seed=4)
     theirs = explainers.get(name).explain(shapes_twins["keras"], batch[picks], targets, params=params, seed=4)
+    if name == "shap":
+        # Partition SHAP may expand other regions on float-level differences between the twins
+        # (seen: Pearson 0.994); each twin must equal shap itself on that twin instead.
+        for framework, results in (("torch", ours), ("keras", theirs)):
+            values, bases = shap_called_directly(shapes_twins[framework], batch[picks], targets, seed=4, **params)
+            for result, expected, base in zip(results, values, bases):
+                np.testing.assert_allclose(result.channels, expected, rtol=1e-5, atol=1e-6)
+                assert result.reference_score == pytest.approx(base, rel=1e-5)
+        for a, b in zip(ours, theirs):
+            assert a.target_score == pytest.approx(b.target_score, abs=1e-4)
+        return
     for a, b in zip(ours, theirs):
         r = float(np.corrcoef(a.map.ravel(), b.map.ravel())[0, 1])
         assert r >= 0.999, (name, r)

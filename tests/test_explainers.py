@@ -22,7 +22,8 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 captum_attr = pytest.importorskip("captum.attr")
 
-import explainers  # noqa: E402
+import explainers
+from conftest import shap_called_directly  # noqa: E402
 from workbench.adapters.keras_adapter import KerasAdapter  # noqa: E402
 from workbench.adapters.torch_adapter import TorchAdapter  # noqa: E402
 from workbench.errors import LayerError, ParameterError  # noqa: E402
@@ -590,24 +591,18 @@ def test_shap_is_additive(shap_run):
 
 
 @pytest.mark.slow
-def test_shap_equals_calling_shap_directly(shap_run, torch_adapter, images):
-    import shap
-
-    params, target, result = shap_run
-    preset = torch_adapter.preset
-
-    def f(pixels):
-        return torch_adapter.predict(preset.apply(np.asarray(pixels, np.float32) / 255.0))
-
-    pixels = np.clip(preset.invert(images[:1]), 0, 1) * 255.0
-    masker = shap.maskers.Image("blur(128,128)", pixels.shape[1:])
-    explainer = shap.PartitionExplainer(f, masker, seed=3)
-    np.random.seed(3)  # shap breaks ties with numpy's global generator, whatever seed it is given
-    explanation = explainer(
-        pixels, max_evals=params["max_evals"], batch_size=params["batch_size"], outputs=np.array(target), silent=True
-    )
-    np.testing.assert_allclose(result.channels, explanation.values[0, ..., 0], rtol=1e-5, atol=1e-7)
-    assert result.reference_score == pytest.approx(float(np.ravel(explanation.base_values)[0]), rel=1e-6)
+@pytest.mark.parametrize("framework", ["torch", "keras"])
+def test_shap_equals_calling_shap_directly(framework, torch_adapter, keras_adapter, images):
+    """Each twin's SHAP values equal shap's own on that twin (this replaces comparing the twins'
+    SHAP maps with each other, which float-level differences can legitimately change)."""
+    adapter = {"torch": torch_adapter, "keras": keras_adapter}[framework]
+    params = {"max_evals": 120, "batch_size": 20}
+    targets = predicted(adapter, images)
+    results = explainers.get("shap").explain(adapter, images, targets, params=params, seed=3)
+    values, bases = shap_called_directly(adapter, images, targets, seed=3, **params)
+    for result, expected, base in zip(results, values, bases):
+        np.testing.assert_allclose(result.channels, expected, rtol=1e-5, atol=1e-7)
+        assert result.reference_score == pytest.approx(base, rel=1e-6)
 
 
 @pytest.mark.slow
@@ -620,7 +615,7 @@ def test_shap_leaves_numpys_global_generator_alone(torch_adapter, images):
 
 
 # ---------------------------------------------------------------- twins: same map in both frameworks
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "shap" else n for n in FAST])
+@pytest.mark.parametrize("name", [n for n in FAST if n != "shap"])  # SHAP: each twin vs shap itself, above
 def test_torch_and_keras_twins_give_the_same_map(name, torch_adapter, keras_adapter, images):
     targets = predicted(torch_adapter, images)
     assert targets == predicted(keras_adapter, images)

@@ -64,3 +64,9 @@ def shap_called_directly(adapter, batch, targets, *, max_evals: int, batch_size:
         values.append(np.asarray(explanation.values[0, ..., 0]))
         bases.append(float(np.ravel(explanation.base_values)[0]))
     return values, bases
+
+
+def pytest_collection_modifyitems(config, items):
+    """WORKBENCH_TEST_ORDER=reverse runs the suite backwards, to catch tests that lean on an earlier test's state."""
+    if os.environ.get("WORKBENCH_TEST_ORDER") == "reverse":
+        items.reverse()

@@ -52,6 +52,7 @@ pages = [
     st.Page("pages/images.py", title="Images", icon=":material/image:"),
     st.Page("pages/explain.py", title="Explain & compare", icon=":material/compare:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
+    st.Page("pages/batch.py", title="Batch results", icon=":material/dataset:"),
     st.Page("pages/shared.py", title="Saved run", icon=":material/link:", url_path="saved", default=opening_link,
             visibility="visible" if opening_link else "hidden"),
     st.Page("pages/about.py", title="About", icon=":material/info:"),

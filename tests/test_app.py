@@ -21,7 +21,7 @@ from workbench.errors import ParameterError
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
-PAGES = ("pages/models.py", "pages/images.py", "pages/explain.py", "pages/runs.py", "pages/shared.py", "pages/about.py")
+PAGES = ("pages/models.py", "pages/images.py", "pages/explain.py", "pages/runs.py", "pages/batch.py", "pages/shared.py", "pages/about.py")
 TIMEOUT = 180
 
 

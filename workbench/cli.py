@@ -240,6 +240,42 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_batch(args) -> int:
+    import explainers
+
+    from . import batch
+
+    for m in args.methods:
+        explainers.get(m)  # unknown names fail before any worker starts
+    params = parse_params(args.params, args.methods)
+    metric_params = parse_params(args.metric_params, args.metrics) if args.metrics else {}
+    job = batch.BatchJob(
+        model=batch.ModelSpec(args.model, args.architecture, args.preprocess, args.labels, args.device),
+        methods=tuple(args.methods),
+        params=params,
+        target=args.target,
+        metrics=tuple(args.metrics or ()),
+        metric_params=metric_params,
+        seed=args.seed,
+        chunk_size=args.chunk_size,
+    )
+    images = batch.list_images(args.images)
+    summary = batch.run_batch(
+        job, images, args.out, workers=args.workers, ray=args.ray, gpus_per_worker=args.gpus_per_worker, resume=args.resume,
+        progress=batch.ProgressLine(),
+    )
+    rate = summary["throughput_images_per_second"]
+    print(
+        f"{summary['images_explained']} images explained, {summary['images_failed']} failed, {summary['results']} maps"
+        + (f", {rate:.2f} images/s" if rate else "")
+    )
+    for failure in summary["failures"]:
+        print(f"failed: {failure['image']}: {failure['error']}")
+    out = Path(args.out)
+    print(f"results: {out / 'results.parquet'}\nsummary: {out / 'summary.json'}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .export import write_all
     from .store import RunStore, share_link
@@ -319,6 +355,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", action="store_true", help="also write grid.png, attributions.npz, provenance.json, report.html")
     p.add_argument("--base-path", default="", help="the deployment's server.baseUrlPath, for share links")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("batch", help="explain a whole folder, glob or list of images (local worker pool, or Ray)")
+    p.add_argument("--model", required=True, help="model file or zoo name")
+    model_options(p, positional=False)
+    p.add_argument("--images", required=True, metavar="DIR|GLOB|LIST.txt")
+    p.add_argument("--method", dest="methods", action="append", required=True, metavar="NAME")
+    p.add_argument("--param", dest="params", action="append", default=[], metavar="METHOD.KEY=VALUE")
+    p.add_argument("--metric", dest="metrics", action="append", metavar="NAME")
+    p.add_argument("--metric-param", dest="metric_params", action="append", default=[], metavar="METRIC.KEY=VALUE")
+    p.add_argument("--target", default="predicted", help="'predicted' (default), a class index or a label")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--ray", metavar="auto|local|ADDRESS", help="run on Ray: a local Ray, RAY_ADDRESS (auto) or a cluster address")
+    p.add_argument("--workers", type=int, default=1, help="model workers (processes or Ray actors), each loading the model once")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="with --ray: GPUs per actor (e.g. 1 or 0.5)")
+    p.add_argument("--chunk-size", type=int, default=8, help="images per request to a worker")
+    p.add_argument("--resume", action="store_true", help="go on with an interrupted job in --out, skipping what is written")
+    p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("export", help="write a stored run's grid PNG, NPZ, provenance JSON and HTML report")
     p.add_argument("run_id")

@@ -284,6 +284,10 @@ def run_ray(job: BatchJob, items: Sequence[dict], workers: int, gpus_per_worker:
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
         else:
             ray.init(address=None if address == "auto" else address, log_to_driver=False)
+    import logging
+
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress line tells the progress
+    ray.data.DataContext.get_current().enable_progress_bars = False
     dataset = ray.data.from_items(list(items))
     kwargs: dict[str, Any] = {"num_gpus": gpus_per_worker} if gpus_per_worker else {"num_cpus": max(1, (os.cpu_count() or 1) // workers)}
     explained = dataset.map_batches(

@@ -130,13 +130,16 @@ class TorchAdapter(ModelAdapter):
                 handle.remove()
 
     # ------------------------------------------------------------------ primitives
+    # Every forward pass holds the model's lock: a hook that ``_capture`` registers for one call is
+    # seen by every thread, so a forward pass running beside it would go through the hook, get a
+    # detached layer output (its input gradient cut off) and overwrite what the hook captured.
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
+        with self.lock, torch.inference_mode():
             return self._forward(self._to_tensor(batch)).float().cpu().numpy()
 
     def input_gradients(self, batch, targets):
         x = self._to_tensor(batch).requires_grad_(True)
-        with torch.enable_grad():
+        with self.lock, torch.enable_grad():
             out = self._forward(x)
             (grad,) = torch.autograd.grad(self._target_sum(out, targets), x)
         return out.detach().float().cpu().numpy(), self._input_grad_to_numpy(grad)

@@ -39,6 +39,10 @@ class ModelRejected(WorkbenchError):
     """The model loaded but does not behave as an image classifier."""
 
 
+class LimitExceeded(WorkbenchError):
+    """A model or request would pass an operator limit; the message names the figure, the limit and its setting."""
+
+
 class ImageRejected(WorkbenchError):
     """An uploaded image is refused (format, size, content)."""
 

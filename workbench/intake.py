@@ -27,10 +27,13 @@ import hashlib
 import io
 import json
 import re
+import shutil
+import tempfile
 import zipfile
 from pathlib import PurePosixPath
 from typing import Any, Sequence
 
+from . import size_checks
 from .errors import (
     ArchitectureRequired,
     ModelRejected,
@@ -62,6 +65,8 @@ _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _ONNX_DOMAINS = ("", "ai.onnx")
 _MAX_LABELS_BYTES = 16 * 1024 * 1024
 _MAX_CONFIG_BYTES = 64 * 1024 * 1024
+# Archive entries are read this much at a time, never whole: an entry of zeros deflates ~1000:1.
+_CHUNK_BYTES = 1024 * 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -288,12 +293,15 @@ def _parse_config(raw: bytes | str, filename: str, where: str) -> Any:
         raise UnsupportedFormat(f"{filename} has an unreadable {where} ({_first_line(exc)}); save the model again.") from None
 
 
-def _check_hdf5(data: bytes, filename: str, *, want_model_config: bool) -> Any:
-    """Refuse HDF5 data stored outside the file; return the parsed model config when asked."""
+def _check_hdf5(source, filename: str, *, want_model_config: bool) -> Any:
+    """Refuse HDF5 data stored outside the file; return the parsed model config when asked.
+
+    ``source`` is the file's bytes or a seekable binary file; h5py reads only the metadata it visits.
+    """
     import h5py
 
     try:
-        handle = h5py.File(io.BytesIO(data), "r")
+        handle = h5py.File(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source, "r")
     except Exception as exc:
         raise UnsupportedFormat(f"{filename} is a damaged or truncated HDF5 file ({_first_line(exc)}); upload it again.") from None
     with handle:
@@ -327,6 +335,11 @@ def _check_hdf5(data: bytes, filename: str, *, want_model_config: bool) -> Any:
             )
         if not want_model_config:
             return None
+        if "model_config" in handle.attrs:
+            # an attribute's size is in its header: refuse an oversized one before reading it
+            size = h5py.h5a.open(handle.id, b"model_config").get_storage_size()
+            if size > _MAX_CONFIG_BYTES:
+                raise UnsafeModel(f"{filename} has a model config of {size / 2**20:.0f} MiB, too large to be a model config.")
         raw = handle.attrs.get("model_config")
         if raw is None:
             raise UnsupportedFormat(
@@ -346,15 +359,50 @@ def check_keras_archive(data: bytes, filename: str, settings: Settings | None = 
             names = _check_zip_entries(archive, filename, settings)
             if "config.json" not in names:
                 raise UnsupportedFormat(f"{filename} is a zip without config.json, not a Keras model; {REEXPORT}.")
-            config = _parse_config(archive.read("config.json"), filename, "config.json")
+            config = _parse_config(_read_entry(archive, "config.json", filename, _MAX_CONFIG_BYTES), filename, "config.json")
             _check_keras_config(config, filename)
             for name in names:
                 if name.endswith(".h5"):
-                    _check_hdf5(archive.read(name), filename, want_model_config=False)
+                    _check_hdf5_entry(archive, name, filename)
     except WorkbenchError:
         raise
     except Exception as exc:
         raise UnsupportedFormat(f"{filename} is a damaged Keras archive ({_first_line(exc)}); upload it again.") from None
+
+
+def _read_entry(archive: zipfile.ZipFile, name: str, filename: str, limit: int) -> bytes:
+    """A small entry's bytes, read in chunks and refused as soon as it passes ``limit`` (whatever its header says)."""
+    info = archive.getinfo(name)
+    too_large = UnsafeModel(
+        f"{filename} has a {name} of {max(info.file_size, limit + 1) / 2**20:.0f} MiB, too large to be a model config."
+    )
+    if info.file_size > limit:
+        raise too_large
+    parts, total = [], 0
+    with archive.open(info) as stream:
+        while chunk := stream.read(_CHUNK_BYTES):
+            total += len(chunk)
+            if total > limit:
+                raise too_large
+            parts.append(chunk)
+    return b"".join(parts)
+
+
+def _check_hdf5_entry(archive: zipfile.ZipFile, name: str, filename: str) -> None:
+    """The HDF5 checks on an archive entry, streamed: its signature from the first MiB, then h5py on a
+    spooled copy on disk, so memory stays at one chunk whatever size the entry unpacks to."""
+    with archive.open(name) as stream:
+        head = stream.read(_CHUNK_BYTES + len(_HDF5_MAGIC))
+        if _hdf5_offset(head) is None:
+            raise UnsupportedFormat(
+                f"{filename} holds {name!r}, which is not an HDF5 file; save the model again with "
+                "model.save('model.keras')."
+            )
+        with tempfile.TemporaryFile(prefix="workbench-h5-") as spool:
+            spool.write(head)
+            shutil.copyfileobj(stream, spool, _CHUNK_BYTES)
+            spool.seek(0)
+            _check_hdf5(spool, filename, want_model_config=False)
 
 
 def check_keras_h5(data: bytes, filename: str) -> None:
@@ -634,6 +682,9 @@ def _load(
     settings: Settings,
 ):
     fmt = sniffed.format
+    if input_size:
+        size_checks.check_input_size(input_size, filename, settings)
+        size_checks.check_tensor_sizes([size_checks.input_tensor(input_size)], filename, settings)
     common = dict(name=name, labels=list(labels) if labels else None, preset=preset, device=device, fingerprint=model_fingerprint)
 
     if fmt in ("keras", "h5"):
@@ -641,7 +692,7 @@ def _load(
             check_keras_archive(data, filename, settings)
         else:
             check_keras_h5(data, filename)
-        from .adapters.loading_keras import load_keras_model
+        from .adapters.loading_keras import layer_output_sizes, load_keras_model
 
         model = load_keras_model(data, suffix=".keras" if fmt == "keras" else ".h5", filename=filename)
         from .adapters.keras_adapter import KerasAdapter
@@ -649,11 +700,18 @@ def _load(
         adapter = KerasAdapter(
             model, source_format=source_format or fmt, input_size=tuple(input_size) if input_size else None, **common
         )
+        size_checks.check_input_size(adapter.input_size, filename, settings)
+        size_checks.check_tensor_sizes(
+            [size_checks.input_tensor(adapter.input_size), *layer_output_sizes(model, adapter.input_size, adapter.layout)],
+            filename,
+            settings,
+        )
 
     elif fmt == "onnx":
         proto = sniffed.detail
         check_onnx(proto, filename)
         layout, size = onnx_input_layout(proto, filename, input_size)
+        size_checks.check_onnx_sizes(proto, filename, layout=layout, size=size, settings=settings)
         from .adapters import loading_torch
 
         module = loading_torch.onnx_to_torch(proto, filename)
@@ -714,6 +772,9 @@ def _load(
     else:  # pragma: no cover - _sniff returns only the formats above
         raise UnsupportedFormat(f"{filename}: unknown model format {fmt!r}.")
 
+    # the checks above see each format's declared sizes; this one every adapter's input, before it runs
+    size_checks.check_input_size(adapter.input_size, filename, settings)
+    size_checks.check_tensor_sizes([size_checks.input_tensor(adapter.input_size)], filename, settings)
     adapter.validate()
     return adapter
 

@@ -30,6 +30,10 @@ class Settings:
     max_model_bytes: int = 1024 * 1024 * 1024
     max_zip_entries: int = 10_000
     max_zip_uncompressed: int = 4 * 1024 * 1024 * 1024
+    # static size checks before a model's first forward pass, for one image: the longest input
+    # side in pixels, and the largest tensor (input, weight or intermediate) in MiB
+    max_input_side: int = 2048
+    max_tensor_mb: int = 128
     # explainer caps
     max_images_per_run: int = 16
     max_ig_steps: int = 512

@@ -43,3 +43,58 @@ def load_keras_model(data: bytes, *, suffix: str, filename: str):
             ) from None
     finally:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def layer_output_sizes(model, input_size, layout: str) -> list:
+    """Every layer's output size for one image of ``input_size`` (H, W, C), from Keras's own shape
+    rules (``compute_output_spec``, symbolic: nothing is computed or allocated).
+
+    Layers whose shape Keras cannot tell without running are left out (the worker's memory
+    limit covers those); a model Keras cannot trace gives what was recorded before the failure.
+    """
+    import keras
+    import numpy as np
+
+    from ..size_checks import TensorSize
+
+    layers = []
+
+    def walk(container, prefix: str = "") -> None:
+        for layer in container.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            layers.append((f"{prefix}{layer.name}", layer))
+            if isinstance(layer, keras.Model):
+                walk(layer, prefix=f"{prefix}{layer.name}/")
+
+    sizes: list = []
+
+    def recorder(path: str, layer, original):
+        def compute_output_spec(*args, **kwargs):
+            spec = original(*args, **kwargs)
+            for out in keras.tree.flatten(spec):
+                shape = getattr(out, "shape", None)
+                if shape is not None and all(isinstance(d, int) and d >= 0 for d in shape):
+                    try:
+                        itemsize = np.dtype(str(out.dtype)).itemsize
+                    except TypeError:
+                        itemsize = 4
+                    sizes.append(TensorSize(path, type(layer).__name__, tuple(shape), itemsize))
+            return spec
+
+        return compute_output_spec
+
+    walk(model)
+    h, w, c = (int(v) for v in input_size)
+    image = keras.KerasTensor((1, c, h, w) if layout == "NCHW" else (1, h, w, c))
+    # Instance attributes shadow the method for this one pass (the model is not shared yet).
+    for path, layer in layers:
+        layer.compute_output_spec = recorder(path, layer, layer.compute_output_spec)
+    try:
+        model.compute_output_spec(image)
+    except Exception:  # noqa: BLE001 - the test forward pass reports a model that does not trace
+        pass
+    finally:
+        for _path, layer in layers:
+            layer.__dict__.pop("compute_output_spec", None)
+    return sizes

@@ -12,6 +12,7 @@ from workbench import session
 from workbench.errors import WorkbenchError
 from workbench.preprocess import PRESETS
 from workbench.settings import get_settings
+from workbench.size_checks import check_input_size
 
 log = logging.getLogger("workbench.app")
 ws: session.Workspace = controls.workspace("models")
@@ -41,7 +42,9 @@ def parse_size(text: str) -> tuple[int, int, int] | None:
         return None
     if len(parts) not in (2, 3) or not all(p.isdigit() and int(p) > 0 for p in parts):
         raise WorkbenchError(f"Input size {text!r} is not H x W or H x W x C, e.g. 224 x 224 x 3.")
-    return tuple(int(p) for p in parts) + ((3,) if len(parts) == 2 else ())  # type: ignore[return-value]
+    size = tuple(int(p) for p in parts) + ((3,) if len(parts) == 2 else ())
+    check_input_size(size, "Input size", get_settings())
+    return size  # type: ignore[return-value]
 
 
 st.title("Models")
@@ -64,7 +67,12 @@ with upload_col:
         )
         if architecture:
             st.caption(model_zoo.ARCHITECTURES[architecture].description)
-        size_text = st.text_input("Input size H x W x C (blank: from the model)", key="models_input_size", placeholder="224 x 224 x 3")
+        size_text = st.text_input(
+            "Input size H x W x C (blank: from the model)",
+            key="models_input_size",
+            placeholder="224 x 224 x 3",
+            help=f"At most {get_settings().max_input_side} pixels a side (operator setting WORKBENCH_MAX_INPUT_SIDE).",
+        )
     if uploaded is not None and session.new_uploads(ws, f"model|{architecture}|{size_text}", [uploaded]):
         with st.spinner(f"Loading {uploaded.name}…"):
             attempt(

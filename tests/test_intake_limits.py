@@ -36,23 +36,62 @@ TF_LOG = re.compile(r"^([IWEF]\d{4} \S+ +\d+ \S+:\d+\] |WARNING: All log message
 MiB, GiB = 2**20, 2**30
 
 
+# ====================================================================== measuring
+class PeakMemory:
+    """The peak memory increase of this process inside a ``with`` block, in MB (``.mb`` after it).
+
+    The kernel's peak RSS is reset on entry (/proc/self/clear_refs) and the figure is VmHWM at exit
+    minus VmRSS at entry: never less than the true increase. Where the reset is not allowed, Python's
+    own allocations are traced instead (tracemalloc), which still sees every chunk an archive check reads.
+    """
+
+    def __enter__(self) -> "PeakMemory":
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+            self.traced, self.before = False, self.status("VmRSS")
+        except OSError:
+            import tracemalloc
+
+            self.traced = True
+            tracemalloc.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.traced:
+            import tracemalloc
+
+            self.mb = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+        else:
+            self.mb = (self.status("VmHWM") - self.before) / 2**20
+
+    @staticmethod
+    def status(key: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+        raise KeyError(key)
+
+
 # ====================================================================== builders: archives
-def deflated_zeros(size: int) -> tuple[bytes, int]:
-    """Raw deflate data for ``size`` zero bytes and their CRC-32, built from one compressed MiB.
+def deflated_zeros(size: int, prefix: bytes = b"") -> tuple[bytes, int]:
+    """Raw deflate data for ``prefix`` then ``size`` zero bytes, and its CRC-32, from one compressed MiB.
 
     After a full flush the compressor starts afresh, so every MiB of zeros compresses to the same
     bytes: the stream is that block repeated, a tail, and the end-of-stream block (~1 KB per MiB).
     """
     chunk = bytes(MiB)
     compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    head = compressor.compress(prefix) + compressor.flush(zlib.Z_FULL_FLUSH) if prefix else b""
     block = compressor.compress(chunk) + compressor.flush(zlib.Z_FULL_FLUSH)
     whole, rest = divmod(size, MiB)
     tail = compressor.compress(bytes(rest)) + compressor.flush() if rest else compressor.flush()
-    crc = 0
+    crc = zlib.crc32(prefix)
     for _ in range(whole):
         crc = zlib.crc32(chunk, crc)
     crc = zlib.crc32(bytes(rest), crc)
-    return block * whole + tail, crc
+    return head + block * whole + tail, crc
 
 
 def write_zip(entries: list[tuple[str, bytes, int, int, int]]) -> bytes:
@@ -138,6 +177,14 @@ def fixed_input_bomb() -> bytes:
     return onnx_bytes(nodes, [image_input(("n", 3, 20000, 20000))], [scores_output()])
 
 
+def dynamic_onnx() -> bytes:
+    """A harmless classifier whose input sides are not fixed: the input size comes from the user."""
+    from onnx import helper
+
+    nodes = [*image_head(), helper.make_node("Identity", ["scores"], ["y"])]
+    return onnx_bytes(nodes, [image_input(("n", 3, "h", "w"))], [scores_output()])
+
+
 def matmul_chain_bomb(side: int = 8000, links: int = 20) -> bytes:
     """A 32 x 32 image's mean, expanded to a side x side matrix, squared ``links`` times."""
     from onnx import TensorProto, helper
@@ -200,9 +247,8 @@ def bombs(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-# The measuring process: frameworks imported and one model loaded first, as on a running server;
-# then per bomb the peak RSS is reset (/proc/self/clear_refs) and read back after the refusal.
-# The figure is VmHWM after minus VmRSS before: never less than the true increase.
+# The measuring process (a fresh one, so no other test's memory is in the figures): frameworks
+# imported and one model loaded first, as on a running server; then each bomb inside PeakMemory.
 MEASURE = textwrap.dedent(
     """
     import json, sys, time
@@ -211,30 +257,21 @@ MEASURE = textwrap.dedent(
     from workbench.adapters import loading_keras, loading_torch
     from workbench import intake
     from workbench.errors import WorkbenchError
+    from test_intake_limits import PeakMemory
 
-    def status(key):
-        for line in open("/proc/self/status"):
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
     intake.load_zoo_model("shapes-cnn-keras", device="cpu")
     results = {}
     for path in map(Path, sys.argv[1:]):
         data = path.read_bytes()
-        try:
-            with open("/proc/self/clear_refs", "w") as fh:
-                fh.write("5")
-        except OSError:
-            pass
-        before = status("VmRSS")
         started = time.perf_counter()
-        try:
-            intake.load_model(data, filename=path.name, device="cpu")
-            error = message = None
-        except WorkbenchError as exc:
-            error, message = type(exc).__name__, str(exc)
-        seconds = time.perf_counter() - started
-        results[path.name] = {"error": error, "message": message, "seconds": seconds,
-                              "peak_increase_mb": (status("VmHWM") - before) / 2**20, "upload_mb": len(data) / 2**20}
+        error = message = None
+        with PeakMemory() as peak:
+            try:
+                intake.load_model(data, filename=path.name, device="cpu")
+            except WorkbenchError as exc:
+                error, message = type(exc).__name__, str(exc)
+        results[path.name] = {"error": error, "message": message, "seconds": time.perf_counter() - started,
+                              "peak_increase_mb": peak.mb, "upload_bytes": len(data)}
     print(json.dumps(results))
     """
 )
@@ -244,12 +281,13 @@ MEASURE = textwrap.dedent(
 def measured(bombs) -> dict[str, dict]:
     out = subprocess.run(
         [sys.executable, "-c", MEASURE, *map(str, bombs.values())],
-        capture_output=True, text=True, cwd=ROOT, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])},
     )
     assert out.returncode == 0, out.stderr[-2000:]
     results = json.loads(out.stdout.strip().splitlines()[-1])
     for name, row in results.items():  # the figures, for the record (pytest -s)
-        print(f"{name}: {row['upload_mb']:.2f} MB upload, peak +{row['peak_increase_mb']:.0f} MB, {row['seconds']:.2f} s")
+        print(f"{name}: {row['upload_bytes']:,} bytes uploaded, peak +{row['peak_increase_mb']:.0f} MB, {row['seconds']:.3f} s")
     return results
 
 
@@ -295,6 +333,27 @@ def test_deflated_zeros_unpack_to_zeros():
     payload, crc = deflated_zeros(3 * MiB + 5)
     data = zlib.decompress(payload, -15)
     assert len(data) == 3 * MiB + 5 and not any(data) and zlib.crc32(data) == crc
+    payload, crc = deflated_zeros(2 * MiB, prefix=b"header")
+    data = zlib.decompress(payload, -15)
+    assert data == b"header" + bytes(2 * MiB) and zlib.crc32(data) == crc
+
+
+def test_a_large_hdf5_entry_is_checked_from_a_spooled_copy_in_bounded_memory(tmp_path):
+    """A real HDF5 file followed by 256 MiB of zeros: h5py reads it from a copy on disk, written a
+    chunk at a time, and still finds what it must refuse (an external link)."""
+    h5py = pytest.importorskip("h5py")
+    path = tmp_path / "weights.h5"
+    with h5py.File(path, "w") as f:
+        f["layers/dense/vars/0"] = h5py.ExternalLink("/etc/hostname", "/")
+    prefix = path.read_bytes()
+    payload, crc = deflated_zeros(256 * MiB, prefix=prefix)
+    with zipfile.ZipFile(ZOO_KERAS) as archive:
+        entries = [(name, data := archive.read(name), 0, zlib.crc32(data), len(data)) for name in archive.namelist()]
+    data = write_zip([*entries, ("extra.weights.h5", payload, 8, crc, len(prefix) + 256 * MiB)])
+    assert len(data) < 2 * MiB
+    with PeakMemory() as peak, pytest.raises(UnsafeModel, match="links 'layers/dense/vars/0' to the external file '/etc/hostname'"):
+        intake.check_keras_archive(data, "m.keras", Settings())
+    assert peak.mb < 64
 
 
 # ====================================================================== the limits are the operator's
@@ -331,10 +390,33 @@ def test_tensor_limit_comes_from_the_environment(monkeypatch, loaders_untouched)
         intake.load_model(small, filename="chain.onnx")
 
 
-def test_input_side_limit_covers_a_given_input_size(monkeypatch, loaders_untouched):
+def weight_model(weight) -> bytes:
+    """A classifier whose scores are offset by the sum of one weight tensor."""
     from onnx import helper
 
-    dynamic = onnx_bytes([*image_head(), helper.make_node("Identity", ["scores"], ["y"])], [image_input(("n", 3, "h", "w"))], [scores_output()])
+    nodes = [helper.make_node("ReduceSum", [weight.name], ["offset"], keepdims=0), *image_head(), helper.make_node("Add", ["scores", "offset"], ["y"])]
+    return onnx_bytes(nodes, [image_input()], [scores_output()], [weight])
+
+
+def test_weights_stored_in_the_file_count_against_the_upload_limit_not_the_tensor_limit(monkeypatch, loaders_untouched):
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    from workbench import size_checks
+
+    monkeypatch.setenv("WORKBENCH_MAX_TENSOR_MB", "1")
+    stored = numpy_helper.from_array(np.ones((1024, 1024), np.float32), "w")  # 4 MiB, all of it in the file
+    with pytest.raises(AssertionError, match="converter was reached"):
+        intake.load_model(weight_model(stored), filename="weights.onnx")
+    # (onnx's checker refuses this one too; the size check does not rely on it)
+    declared = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[45000, 45000], raw_data=bytes(4))
+    proto = onnx.load_model_from_string(weight_model(declared))
+    with pytest.raises(LimitExceeded, match="initializer tensor 'w' would be 45000 x 45000"):
+        size_checks.check_onnx_sizes(proto, "declared.onnx", layout="NCHW", size=(32, 32, 3), settings=Settings())
+
+
+def test_input_side_limit_covers_a_given_input_size(monkeypatch, loaders_untouched):
+    dynamic = dynamic_onnx()
     with pytest.raises(LimitExceeded, match="a 4096 x 300 pixel input is over the maximum input side of 2048 pixels"):
         intake.load_model(dynamic, filename="dynamic.onnx", input_size=(4096, 300, 3))
     monkeypatch.setenv("WORKBENCH_MAX_INPUT_SIDE", "5000")
@@ -362,3 +444,41 @@ def test_zoo_models_and_an_onnx_export_still_load(tmp_path):
     exported = intake.load_model(buffer.getvalue(), filename="resnet-mini.onnx", device="cpu")
     batch = zoo.test_input(2)
     np.testing.assert_allclose(exported.predict(batch), zoo.predict(batch), rtol=1e-4, atol=1e-4)
+
+
+# ====================================================================== through the app
+@pytest.mark.slow
+def test_bombs_uploaded_in_the_app_are_refused_and_quick_start_still_works(bombs, monkeypatch, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("WORKBENCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("WORKBENCH_DATABASE_URL", raising=False)
+    intake.load_zoo_model("shapes-cnn-keras", device="cpu")  # frameworks warm, as on a running server
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    assert not at.exception
+    for name, (error, phrase) in EXPECTED.items():
+        data = bombs[name].read_bytes()
+        with PeakMemory() as peak:
+            at.file_uploader(key="models_upload").set_value((name, data, "application/octet-stream")).run()
+        increase_mb = peak.mb
+        assert not at.exception, [e.value for e in at.exception]
+        assert len(at.error) == 1 and phrase in at.error[0].value and "\n" not in at.error[0].value, [e.value for e in at.error]
+        print(f"app upload {name}: peak +{increase_mb:.0f} MB")
+        assert increase_mb < PEAK_BUDGET_MB, (name, increase_mb)
+        assert at.session_state["workspace"].model is None
+    at.file_uploader(key="models_upload").set_value(None).run()
+    at.button(key="models_quick_start").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
+    assert at.title[0].value == "Explain & compare" and len(at.image) == 4
+
+
+def test_the_models_page_refuses_an_input_size_over_the_limit():
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
+    box = at.text_input(key="models_input_size")
+    assert "WORKBENCH_MAX_INPUT_SIDE" in box.help and "2048" in box.help
+    box.set_value("5000 x 5000").run()
+    at.file_uploader(key="models_upload").set_value(("dynamic.onnx", dynamic_onnx(), "application/octet-stream")).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "Input size: a 5000 x 5000 pixel input is over the maximum input side of 2048" in at.error[0].value

@@ -93,6 +93,24 @@ def _itemsize(elem_type: int) -> int:
         return 4
 
 
+def _stored_elements(tensor) -> int:
+    """How many elements a TensorProto actually carries in the file."""
+    if tensor.HasField("raw_data"):
+        return len(tensor.raw_data) // _itemsize(tensor.data_type)
+    return sum(
+        len(field)
+        for field in (tensor.float_data, tensor.int32_data, tensor.int64_data, tensor.double_data, tensor.uint64_data, tensor.string_data)
+    )
+
+
+def _declared(name: str, kind: str, tensor) -> Iterator[TensorSize]:
+    """A weight or constant, when it declares more elements than the file stores: weights that are in
+    the file are bounded by the upload limit, but a declared shape alone is not."""
+    dims = tuple(tensor.dims)
+    if math.prod(dims) > _stored_elements(tensor):
+        yield TensorSize(name, kind, dims, _itemsize(tensor.data_type))
+
+
 def _large_constant(node) -> bool:
     return node.op_type == "Constant" and any(
         attribute.name == "value" and math.prod(attribute.t.dims) > _SHAPE_ARGUMENT_ELEMENTS for attribute in node.attribute
@@ -169,15 +187,19 @@ def onnx_tensor_sizes(proto, *, layout: str, size: Sequence[int]) -> Iterator[Te
     """Every tensor size the file declares or ONNX shape inference derives, for one image of (H, W, C)."""
     from onnx import shape_inference
 
+    stored = set()  # weights and constants whose values are in the file
     for graph in _graphs(proto.graph):
         for tensor in graph.initializer:
-            yield TensorSize(tensor.name, "initializer", tuple(tensor.dims), _itemsize(tensor.data_type))
-        for sparse in graph.sparse_initializer:  # converted to dense weights when the model is loaded
-            yield TensorSize(sparse.values.name, "initializer", tuple(sparse.dims), _itemsize(sparse.values.data_type))
+            stored.add(tensor.name)
+            yield from _declared(tensor.name, "initializer", tensor)
+        for sparse in graph.sparse_initializer:  # made dense when the model is loaded: its dense size counts
+            stored.add(sparse.values.name)
+            yield TensorSize(sparse.values.name, "sparse initializer", tuple(sparse.dims), _itemsize(sparse.values.data_type))
         for node in graph.node:
             for attribute in node.attribute:
                 if attribute.HasField("t"):
-                    yield TensorSize(node.output[0] if node.output else node.name, node.op_type, tuple(attribute.t.dims), _itemsize(attribute.t.data_type))
+                    stored.update(node.output[:1])
+                    yield from _declared(node.output[0] if node.output else node.name, node.op_type, attribute.t)
                 if attribute.HasField("sparse_tensor"):
                     sparse = attribute.sparse_tensor
                     yield TensorSize(node.output[0] if node.output else node.name, node.op_type, tuple(sparse.dims), _itemsize(sparse.values.data_type))
@@ -192,6 +214,8 @@ def onnx_tensor_sizes(proto, *, layout: str, size: Sequence[int]) -> Iterator[Te
     producers = {output: node.op_type for graph in _graphs(inferred.graph) for node in graph.node for output in node.output}
     for graph in _graphs(inferred.graph):
         for value in [*graph.input, *graph.value_info, *graph.output]:
+            if value.name in stored:
+                continue
             tensor_type = value.type.tensor_type
             if not tensor_type.HasField("shape"):
                 continue

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import LayerError, ModelRejected
+from ..errors import LayerError, ModelRejected, ParameterError
 from ..preprocess import Preset, get_preset
 
 
@@ -137,6 +137,25 @@ class ModelAdapter(abc.ABC):
     @abc.abstractmethod
     def device(self) -> str:
         """Human-readable device, e.g. 'cpu' or 'cuda:0 (NVIDIA H100)'."""
+
+    def randomisable_layers(self) -> tuple[str, ...]:
+        """Names of the layers with parameters, top (output) first: the order of a cascading randomisation."""
+        return ()
+
+    def randomised_copy(self, layers_from_top: int, seed: int) -> "ModelAdapter":
+        """A new adapter over a copy of the model whose top ``layers_from_top`` layers (of
+        :meth:`randomisable_layers`) have fresh random parameters, seeded by ``seed``.
+
+        The loaded model, its lock and this adapter are left as they were (the model parameter
+        randomisation test of Adebayo et al. 2018 runs on such copies).
+        """
+        raise LayerError(f"{type(self).__name__} models cannot be copied with randomised layers.")
+
+    def _check_randomised_count(self, layers_from_top: int) -> tuple[str, ...]:
+        names = self.randomisable_layers()
+        if not 0 <= int(layers_from_top) <= len(names):
+            raise ParameterError(f"layers_from_top must be between 0 and {len(names)} (the layers with parameters); got {layers_from_top}.")
+        return names[: int(layers_from_top)]
 
     def is_out_of_memory(self, error: BaseException) -> bool:
         """True for the framework's device out-of-memory error."""

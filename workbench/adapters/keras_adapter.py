@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import os
 import threading
@@ -251,6 +252,43 @@ class KerasAdapter(ModelAdapter):
         with self._capture(self._layers_by_path, record), tf.device(self._device):
             self._call(self._to_tensor(self.test_input(1)))
         return sorted(records.values(), key=lambda info: info.order)
+
+    def randomisable_layers(self) -> tuple[str, ...]:
+        # leaf layers that own weights (a nested model's weights belong to its layers), output side first
+        return tuple(
+            path for path, layer in reversed(list(self._layers_by_path.items())) if not isinstance(layer, keras.Model) and layer.weights
+        )
+
+    def randomised_copy(self, layers_from_top: int, seed: int) -> "KerasAdapter":
+        """A clone of the model (``keras.models.clone_model`` + the weights) with the top layers' weights
+        shuffled: every weight array's entries permuted by ``np.random.RandomState(seed + 1)``.
+
+        Shuffling keeps each layer's weight distribution and destroys what training put where. (Quantus
+        0.6 permutes only the first axis of Keras weights, which leaves a convolution's channels intact.)
+        """
+        names = self._check_randomised_count(layers_from_top)
+        with self.lock:
+            try:
+                clone = keras.models.clone_model(self.model)
+            except Exception as exc:  # subclassed models cannot be cloned from their config
+                raise LayerError(
+                    f"This Keras model cannot be cloned ({type(exc).__name__}), so it cannot be randomised; "
+                    "save it as a functional or Sequential model."
+                ) from exc
+            clone.set_weights(self.model.get_weights())
+        layers = dict(_walk(clone))
+        for path in names:
+            rng = np.random.RandomState(seed + 1)
+            layer = layers[path]
+            layer.set_weights([rng.permutation(w.ravel()).reshape(w.shape) for w in layer.get_weights()])
+        twin = copy.copy(self)  # same preset, labels, layer table and validated output kind
+        twin.model = clone
+        twin._layers_by_path = layers
+        twin.lock = threading.RLock()
+        twin._predict_fn = tf.function(twin._predict_graph, reduce_retracing=True)
+        twin._grad_fn = tf.function(twin._input_grad_graph, reduce_retracing=True)
+        twin.fingerprint = f"{self.fingerprint}|randomised:{len(names)}:{seed}"
+        return twin
 
     def parameter_count(self) -> int:
         return int(self.model.count_params())

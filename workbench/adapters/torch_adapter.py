@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -197,6 +199,35 @@ class TorchAdapter(ModelAdapter):
             for handle in handles:
                 handle.remove()
         return sorted(records.values(), key=lambda info: info.order)
+
+    def randomisable_layers(self) -> tuple[str, ...]:
+        # Quantus's rule: every module that can reset its own parameters (Conv, Linear, BatchNorm, ...),
+        # in registration order reversed, so the classifier comes first
+        if isinstance(self.module, torch.jit.ScriptModule):
+            return ()
+        return tuple(name for name, module in reversed(list(self.module.named_modules())) if name and hasattr(module, "reset_parameters"))
+
+    def randomised_copy(self, layers_from_top: int, seed: int) -> "TorchAdapter":
+        """A deep copy of the module with the top layers re-initialised by their own ``reset_parameters``.
+
+        Every layer is re-initialised right after ``torch.manual_seed(seed + 1)``, as Quantus 0.6 does,
+        inside ``torch.random.fork_rng`` so the process's random state is left as it was.
+        """
+        names = self._check_randomised_count(layers_from_top)
+        with self.lock:
+            module = copy.deepcopy(self.module)
+        modules = dict(module.named_modules())
+        devices = [self._device.index or 0] if self._device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            for name in names:
+                torch.manual_seed(seed + 1)
+                modules[name].reset_parameters()
+        twin = copy.copy(self)  # same preset, labels, layer table and validated output kind
+        twin.module = module.eval()
+        twin._modules = modules
+        twin.lock = threading.RLock()
+        twin.fingerprint = f"{self.fingerprint}|randomised:{len(names)}:{seed}"
+        return twin
 
     def parameter_count(self) -> int:
         return int(sum(p.numel() for p in self.module.parameters()))

@@ -1,4 +1,4 @@
-"""Command line: ``python -m workbench inspect|predict|explain``.
+"""Command line: ``python -m workbench inspect|predict|explain|evaluate``.
 
 A refusal (any WorkbenchError) exits with status 2 and its one-line message on stderr.
 """
@@ -276,6 +276,140 @@ def cmd_batch(args) -> int:
     return 0
 
 
+def _split_params(items: Sequence[str], metric_names: Sequence[str], methods: Sequence[str]) -> tuple[dict, dict]:
+    """--param NAME.KEY=VALUE -> (metric params, method params): NAME is a --metric, or a --method whose maps are computed."""
+    metric_params: dict[str, dict[str, str]] = {m: {} for m in metric_names}
+    method_params: dict[str, dict[str, str]] = {m: {} for m in methods}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        owner, dot, name = key.rpartition(".")
+        if not sep or not dot or not owner or not name:
+            raise ParameterError(f"--param {item!r} must look like METRIC.KEY=VALUE, e.g. deletion.steps=50.")
+        if owner in metric_params:
+            metric_params[owner][name] = value
+        elif owner in method_params:
+            method_params[owner][name] = value
+        else:
+            raise ParameterError(f"--param {item!r} names {owner!r}, which is not among --metric {', '.join(metric_names)}.")
+    return metric_params, method_params
+
+
+def _maps_from(directory: str, images, methods: Sequence[str] | None):
+    """An ``explain --out DIR``: its summary.json rows (image, method, file, target) matched to the images
+    by the name explain recorded (the path as given), else the resolved path, else the file name."""
+    root = Path(directory)
+    try:
+        rows = json.loads((root / "summary.json").read_text())["results"]
+    except FileNotFoundError:
+        raise ParameterError(f"--maps {directory}: no summary.json there; give the --out directory of an explain run.") from None
+    except (ValueError, KeyError, TypeError):
+        raise ParameterError(f"--maps {directory}: summary.json is not an explain summary (no results list).") from None
+
+    def keys(name: str) -> tuple[str, str, str]:
+        path = Path(name)
+        return name, str(path.resolve()), path.name
+
+    wanted = list(dict.fromkeys(methods or [row.get("method") for row in rows]))
+    found: dict[tuple[int, str], dict] = {}
+    for row in rows:
+        if not isinstance(row, dict) or row.get("method") not in wanted:
+            continue
+        for i, image in enumerate(images):
+            if any(a == b for a, b in zip(keys(str(row.get("image", ""))), keys(image.name))):
+                found.setdefault((i, row["method"]), row)
+                break
+    maps, targets, params = {}, [None] * len(images), {}
+    for method in wanted:
+        stack = []
+        for i, image in enumerate(images):
+            row = found.get((i, method))
+            if row is None:
+                raise ParameterError(f"--maps {directory}: no {method} map for {image.name}; run explain on it with --method {method}.")
+            file = Path(row["file"])
+            file = file if file.is_file() else root / file.name
+            try:
+                array = np.load(file, allow_pickle=False)
+            except (OSError, ValueError):
+                raise ParameterError(f"--maps {directory}: {file} is not a readable .npy map.") from None
+            if array.ndim != 2:
+                raise ParameterError(f"--maps {directory}: {file} has shape {array.shape}; a map is H x W.")
+            stack.append(array.astype(np.float32))
+            if row.get("target") is not None:
+                if targets[i] is not None and targets[i] != int(row["target"]):
+                    raise ParameterError(f"--maps {directory}: the maps of {image.name} explain different targets.")
+                targets[i] = int(row["target"])
+            params.setdefault(method, dict(row.get("params") or {}))
+        shapes = {a.shape for a in stack}
+        if len(shapes) > 1:
+            raise ParameterError(f"--maps {directory}: the {method} maps have different sizes {sorted(shapes)}.")
+        maps[method] = np.stack(stack)
+    return maps, targets, params
+
+
+def cmd_evaluate(args) -> int:
+    import explainers
+
+    from . import metrics
+    from .analysis import model_inputs, run_comparison
+    from .masks import mask_beside, read_mask
+
+    metric_names = list(dict.fromkeys(args.metrics))
+    for name in metric_names:
+        metrics.get(name)  # unknown names fail before anything loads
+    if not args.methods and not args.maps:
+        raise ParameterError("Give --method NAME (maps computed here) or --maps DIR (maps of an explain run).")
+    methods = list(dict.fromkeys(args.methods or []))
+    if not args.maps:
+        for m in methods:
+            explainers.get(m)
+    metric_params, method_params = _split_params(args.params, metric_names, [] if args.maps else methods)
+    metric_params = metrics.normalise_params(metric_names, metric_params)
+    if args.masks and len(args.masks) != len(args.images):
+        raise ParameterError(f"Got {len(args.masks)} --mask for {len(args.images)} --image; give one per image, in the same order.")
+    adapter, _ = open_model(args.model, architecture=args.architecture, preprocess=args.preprocess, labels_path=args.labels, device=args.device)
+    images = read_images(args.images, adapter.input_size[2])
+    masks = []
+    for i, path in enumerate(args.images):
+        mask_path = Path(args.masks[i]) if args.masks else mask_beside(path)
+        if mask_path is None:
+            masks.append(None)
+            continue
+        if not mask_path.is_file():
+            raise ParameterError(f"No mask file at {mask_path}.")
+        masks.append(read_mask(mask_path.read_bytes(), str(mask_path), size=images[i].original_size))
+    missing = [Path(p).name for p, m in zip(args.images, masks) if m is None]
+    needing = [m for m in metric_names if metrics.REGISTRY[m].needs_mask]
+    if missing and needing:
+        print(f"note: no mask for {', '.join(missing)} (give --mask or put <stem>_mask.png beside it): "
+              f"{', '.join(needing)} left empty there", file=sys.stderr)
+
+    progress = ProgressBar()
+    if args.maps:
+        maps, targets, method_params = _maps_from(args.maps, images, methods or None)
+        _, batch = model_inputs(adapter, images)
+        predicted = adapter.predict(batch).argmax(axis=1)
+        targets = [int(predicted[i]) if t is None else t for i, t in enumerate(targets)]
+        evaluation = metrics.evaluate(
+            adapter, batch, targets, maps, metric_names, params=metric_params, masks=masks,
+            image_names=[im.name for im in images], method_params=method_params, seed=args.seed, progress=progress,
+        )
+    else:
+        comparison = run_comparison(adapter, images, methods, params=method_params, seed=args.seed,
+                                    progress=lambda f, m: progress(0.5 * f, m))
+        evaluation = metrics.evaluate_comparison(adapter, comparison, metric_names, params=metric_params, masks=masks,
+                                                 progress=lambda f, m: progress(0.5 + 0.5 * f, m))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps({"results": [r.row() for r in evaluation.results]}, indent=2))
+    for row in evaluation.results:
+        value = "n/a" if row.value is None else f"{row.value:.4f}"
+        base = "" if row.random_baseline is None else f" (random map {row.random_baseline:.4f})"
+        flag = "  [flagged]" if row.flagged else ""
+        print(f"{row.image} {row.method} {row.metric}: {value}{base}{flag}")
+    print(f"metrics: {out / 'metrics.json'}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .export import write_all
     from .store import RunStore, share_link
@@ -373,6 +507,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=int, default=8, help="images per request to a worker")
     p.add_argument("--resume", action="store_true", help="go on with an interrupted job in --out, skipping what is written")
     p.set_defaults(func=cmd_batch)
+
+    p = sub.add_parser("evaluate", help="faithfulness, sanity, localisation and complexity metrics of the maps")
+    p.add_argument("--model", required=True, help="model file or zoo name")
+    model_options(p, positional=False)
+    p.add_argument("--image", dest="images", action="append", required=True, metavar="PATH")
+    p.add_argument("--mask", dest="masks", action="append", metavar="PATH",
+                   help="ground-truth mask PNG per --image, same order (default: <stem>_mask.png beside the image)")
+    p.add_argument("--method", dest="methods", action="append", metavar="NAME", help="method whose maps are computed (or picked from --maps)")
+    p.add_argument("--metric", dest="metrics", action="append", required=True, metavar="NAME")
+    p.add_argument("--param", dest="params", action="append", default=[], metavar="METRIC.KEY=VALUE",
+                   help="a metric's parameter, e.g. deletion.steps=50 (METHOD.KEY=VALUE sets a computed method's)")
+    p.add_argument("--maps", metavar="DIR", help="evaluate the maps of an explain --out DIR (its summary.json) instead of computing them")
+    p.add_argument("--seed", type=int, default=0, help="seeds the random-map baseline, the randomisation and stochastic methods")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("export", help="write a stored run's grid PNG, NPZ, provenance JSON and HTML report")
     p.add_argument("run_id")

@@ -19,7 +19,7 @@ from . import (  # noqa: F401  (importing registers)
     complexity,
 )
 from .base import REGISTRY, Case, Metric, Score, get, names, register
-from .evaluation import RANDOM, Evaluation, MetricResult, estimate, evaluate, normalise_params
+from .evaluation import RANDOM, Evaluation, MetricResult, estimate, evaluate, evaluate_comparison, normalise_params
 
 __all__ = [
     "RANDOM",
@@ -31,6 +31,7 @@ __all__ = [
     "Score",
     "estimate",
     "evaluate",
+    "evaluate_comparison",
     "get",
     "names",
     "normalise_params",

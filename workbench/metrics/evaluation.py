@@ -305,3 +305,34 @@ def evaluate(
         masks=tuple(m is not None for m in masks),
         seconds=time.perf_counter() - started,
     )
+
+
+def evaluate_comparison(
+    adapter: ModelAdapter,
+    comparison,
+    metrics: Sequence[str],
+    *,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    masks: Sequence[np.ndarray | None] | None = None,
+    progress: Progress | None = None,
+    settings: Settings | None = None,
+) -> Evaluation:
+    """:func:`evaluate` on a :class:`~workbench.result.Comparison` computed with ``adapter``: its images (as
+    the model saw them), targets, maps, the methods' parameters and the comparison's seed."""
+    pixels = np.stack([im.pixels for im in comparison.images]).astype(np.float32)
+    maps = {m: np.stack([row[j].map for row in comparison.results]) for j, m in enumerate(comparison.methods)}
+    method_params = {m: dict(comparison.results[0][j].params) for j, m in enumerate(comparison.methods)} if comparison.results else {}
+    return evaluate(
+        adapter,
+        adapter.prepare(pixels),
+        [im.target for im in comparison.images],
+        maps,
+        metrics,
+        params=params,
+        masks=masks,
+        image_names=[im.name for im in comparison.images],
+        method_params=method_params,
+        seed=int(comparison.seed),
+        progress=progress,
+        settings=settings,
+    )

@@ -252,8 +252,9 @@ def comparison_view(comparison: Comparison, display: Display, *, scope: str) -> 
         )
 
 
-def share_panel(comparison: Comparison, display: Display, *, scope: str) -> None:
-    """A saved comparison's share link (st.code has a copy button) and its four exports, built on click."""
+def share_panel(comparison: Comparison, display: Display, *, scope: str, evaluation: Any = None) -> None:
+    """A saved comparison's share link (st.code has a copy button) and its four exports, built on click
+    (the JSON and HTML with the comparison's evaluation, where it has one)."""
     retention = get_settings().retention_days
     kept = f"kept {retention} days" if retention > 0 else "kept until deleted"
     st.markdown(
@@ -267,6 +268,7 @@ def share_panel(comparison: Comparison, display: Display, *, scope: str) -> None
         alpha=display.opacity,
         shared_scale=display.normalise == "image",
         positive_only=display.positive_only,
+        evaluation=evaluation,
     )
     for col, item in zip(st.columns(len(items)), items):
         col.download_button(

@@ -8,7 +8,7 @@ import time
 import streamlit as st
 
 import explainers
-from pages import controls
+from pages import controls, evaluation
 from workbench import session, sharing
 from workbench.errors import WorkbenchError
 
@@ -165,11 +165,14 @@ with st.container(border=True):
         for model, comparison in zip(models, saved):
             if len(models) > 1:
                 st.markdown(f"**{controls.plain(model.name)}**")
-            controls.share_panel(comparison, display, scope=f"explain_{model.id}" if len(models) > 1 else "explain")
+            controls.share_panel(comparison, display, scope=f"explain_{model.id}" if len(models) > 1 else "explain",
+                                 evaluation=sharing.saved_evaluation(ws, comparison.run_id))
 
 first = comparisons[0]
 if mode == "methods":
     controls.comparison_view(first, display, scope="explain")
+    st.divider()
+    evaluation.section(ws, record, first, keys[0], scope="explain")
 else:
     percent = 10.0
     pairs = [(a[0], b[0]) for a, b in zip(comparisons[0].results, comparisons[1].results)]

@@ -8,7 +8,7 @@ import streamlit as st
 
 import model_zoo
 from pages import charts, controls
-from workbench import render, session
+from workbench import evaluations, render, session
 from workbench.errors import WorkbenchError
 
 log = logging.getLogger("workbench.app")
@@ -20,6 +20,7 @@ upload_col, zoo_col = st.columns([3, 2], gap="large")
 with upload_col:
     files = st.file_uploader(
         "Drop one or more images (PNG, JPEG, WebP, BMP, GIF)",
+        help="A PNG named <image name>_mask.png is that image's ground-truth mask (any non-zero pixel is in the mask).",
         accept_multiple_files=True,
         key="images_upload",
     )
@@ -27,8 +28,14 @@ with upload_col:
     if fresh or not files:
         st.session_state["images_notice"] = []
     before = len(ws.images)
+    # <stem>_mask.png beside an image is its ground-truth mask: images first, then their masks
+    fresh = sorted(fresh, key=lambda f: f.name.lower().endswith(f"{evaluations.MASK_SUFFIX}.png"))
     for f in fresh:
         try:
+            owner = evaluations.mask_target(ws, f.name)
+            if owner is not None:
+                evaluations.attach_mask(ws, owner, f.getvalue(), f.name)
+                continue
             session.add_image(ws, f.getvalue(), f.name)
         except WorkbenchError as error:
             st.session_state["images_notice"].append(str(error))
@@ -81,6 +88,17 @@ for n, entry in enumerate(list(ws.images.values())):
         thumb.image(render.to_uint8(image.pixels), caption=caption, width="stretch")
         if entry.mask is not None:
             thumb.caption("has a ground-truth mask")
+        mask_files = thumb.file_uploader(
+            "Ground-truth mask (PNG)", type=["png"], key=f"images_mask_{entry.id[:16]}",
+            help="Any non-zero pixel is in the mask; the image's size. Used by the pointing game and mask energy.",
+        )
+        for f in session.new_uploads(ws, f"mask/{entry.id}", [mask_files] if mask_files else []):
+            try:
+                evaluations.attach_mask(ws, entry.id, f.getvalue(), f.name)
+            except WorkbenchError as error:
+                thumb.error(str(error), icon=":material/block:")
+            else:
+                st.rerun()
         for note in image.notes:
             thumb.caption(f"ℹ {note}")
         with info:

@@ -8,7 +8,7 @@ import logging
 
 import streamlit as st
 
-from pages import controls
+from pages import controls, evaluation
 from workbench import session, sharing
 from workbench.errors import RunNotFound, WorkbenchError
 from workbench.store import RunDamaged
@@ -50,7 +50,7 @@ st.caption(
 
 display = controls.display_options()
 with st.container(border=True):
-    controls.share_panel(comparison, display, scope="shared")
+    controls.share_panel(comparison, display, scope="shared", evaluation=opened.evaluation)
     if st.button("Re-run", key="shared_rerun", icon=":material/replay:", help="Load this run's model and images into your workspace and compute the same methods, parameters and seed on Explain & compare."):
         try:
             with st.spinner("Loading the run's model and images…"):
@@ -67,3 +67,7 @@ with st.container(border=True):
             st.switch_page("pages/explain.py")
 
 controls.comparison_view(comparison, display, scope="shared")
+if opened.evaluation is not None:
+    st.divider()
+    st.subheader("Evaluation")
+    evaluation.show(opened.evaluation, comparison, opened.masks or [None] * len(comparison.images), scope="shared")

@@ -416,7 +416,12 @@ def cmd_export(args) -> int:
 
     with RunStore() as run_store:
         comparison = run_store.load(args.run_id)
-    files = write_all(comparison, args.out, share_url=share_link(args.run_id, base_path=args.base_path))
+        evaluation, _ = run_store.load_evaluation(args.run_id)
+    if evaluation is not None:
+        from .metrics import Evaluation
+
+        evaluation = Evaluation.from_dict(evaluation)
+    files = write_all(comparison, args.out, share_url=share_link(args.run_id, base_path=args.base_path), evaluation=evaluation)
     for kind, path in files.items():
         print(f"{kind}: {path}")
     return 0

@@ -177,8 +177,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def provenance_json(comparison: Comparison) -> str:
-    """What produced the maps: model, images (by fingerprint), methods, parameters, seeds, timings, versions."""
+def provenance_json(comparison: Comparison, evaluation: Any = None) -> str:
+    """What produced the maps: model, images (by fingerprint), methods, parameters, seeds, timings, versions;
+    with ``evaluation`` (a :class:`workbench.metrics.Evaluation`) the metrics of the maps too."""
     document = {
         "format": "workbench-provenance",
         "format_version": 1,
@@ -187,6 +188,8 @@ def provenance_json(comparison: Comparison) -> str:
         "versions": dict(comparison.versions),
         "summary": comparison.summary(),
     }
+    if evaluation is not None:
+        document["evaluation"] = evaluation.to_dict()
     return json.dumps(_plain(document), indent=2, allow_nan=False, ensure_ascii=False)
 
 
@@ -276,6 +279,7 @@ def html_report(
     alpha: float = 0.5,
     shared_scale: bool = False,
     positive_only: bool = False,
+    evaluation: Any = None,
 ) -> str:
     """A single self-contained HTML page: the grid, per-image results with completeness gaps,
     the agreement between methods (Spearman rank correlation and top-10 % IoU), time per method,
@@ -390,6 +394,9 @@ def html_report(
             _matrix(methods, mean["iou"]),
         ]
 
+    if evaluation is not None:
+        parts += _evaluation_html(evaluation)
+
     parts += [
         "<h2>Versions</h2>",
         _table(["Library", "Version"], [[_e(k), _e(v)] for k, v in sorted(dict(comparison.versions).items())]),
@@ -398,7 +405,78 @@ def html_report(
     return "\n".join(parts)
 
 
-def write_all(comparison: Comparison, out_dir: str | Path, *, share_url: str | None = None) -> dict[str, Path]:
+def _curve_svg(series: Sequence[tuple[str, Sequence[Sequence[float]], bool]], x_label: str, y_label: str) -> str:
+    """A small line chart as inline SVG: (name, [(x, y), ...], dashed) per line, x and y axes from the data."""
+    width, height, pad = 420, 220, 36
+    points = [p for _, line, _ in series for p in line]
+    if not points:
+        return ""
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(0.0, min(ys)), max(1.0, max(ys))
+    sx = lambda x: pad + (x - x0) / ((x1 - x0) or 1.0) * (width - 2 * pad)  # noqa: E731
+    sy = lambda y: height - pad - (y - y0) / ((y1 - y0) or 1.0) * (height - 2 * pad)  # noqa: E731
+    colours = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+    lines, legend = [], []
+    for k, (name, line, dashed) in enumerate(series):
+        colour = "#777" if dashed else colours[k % len(colours)]
+        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in line)
+        dash = ' stroke-dasharray="4 3"' if dashed else ""
+        lines.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5"{dash} points="{path}"/>')
+        legend.append(f'<span style="color:{colour}">&#9632; {_e(name)}</span>')
+    axes = (
+        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#999"/>'
+        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#999"/>'
+        f'<text x="{width / 2}" y="{height - 6}" font-size="11" text-anchor="middle">{_e(x_label)}</text>'
+        f'<text x="10" y="{pad - 10}" font-size="11">{_e(y_label)} ({_num(y0, 2)}–{_num(y1, 2)})</text>'
+    )
+    svg = f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img">{axes}{"".join(lines)}</svg>'
+    return f"<figure>{svg}<figcaption>{' '.join(legend)}</figcaption></figure>"
+
+
+def _evaluation_html(evaluation: Any) -> list[str]:
+    """The Evaluate section: methods x metrics (mean over images) with the random-map row, the curves, the flags."""
+    from .metrics import REGISTRY, RANDOM
+
+    metrics = list(evaluation.metrics)
+    titles = [REGISTRY[m].title if m in REGISTRY else m for m in metrics]
+    better = ["higher" if REGISTRY.get(m) is None or REGISTRY[m].higher_is_better else "lower" for m in metrics]
+    rows = [[_e(row["method"])] + [_num(row[m]) for m in metrics] for row in evaluation.table()]
+    parts = [
+        "<h2>Evaluation</h2>",
+        f'<p class="muted">Mean over {len(evaluation.images)} image(s); the <em>{RANDOM}</em> row is each metric on a seeded '
+        f"random map (seed {_e(evaluation.seed)}). Better: " + ", ".join(f"{_e(t)} {b}" for t, b in zip(titles, better)) + ".</p>",
+        _table(["Method", *titles], rows, [False] + [True] * len(metrics)),
+    ]
+    flagged = evaluation.flagged()
+    if flagged:
+        parts.append("<ul>" + "".join(f"<li>{_e(r.image)} · {_e(r.method)}: {_e('; '.join(r.notes))}</li>" for r in flagged) + "</ul>")
+    for metric in metrics:
+        with_curves = [r for r in evaluation.results if r.metric == metric and r.curve]
+        if not with_curves:
+            continue
+        series = []
+        for method in evaluation.methods:
+            curves = [r.curve for r in with_curves if r.method == method]
+            if curves and all(len(c) == len(curves[0]) for c in curves):
+                series.append((method, [(x, float(np.mean([c[k][1] for c in curves]))) for k, (x, _) in enumerate(curves[0])], False))
+        randoms = [r.random_curve for r in with_curves if r.method == evaluation.methods[0] and r.random_curve]
+        if randoms and all(len(c) == len(randoms[0]) for c in randoms):
+            series.append((RANDOM, [(x, float(np.mean([c[k][1] for c in randoms]))) for k, (x, _) in enumerate(randoms[0])], True))
+        x_label = "layers randomised from the top" if metric == "randomisation" else "fraction of pixels"
+        y_label = "Spearman ρ" if metric == "randomisation" else "probability of the target"
+        parts += [f"<h3>{_e(REGISTRY[metric].title if metric in REGISTRY else metric)}, mean curve over images</h3>", _curve_svg(series, x_label, y_label)]
+    rows = [
+        [_e(r.image), _e(r.method), _e(r.metric), _num(r.value), _num(r.random_baseline), _e(r.evaluations), _num(r.seconds, 3),
+         "; ".join(_e(n) for n in r.notes) or "—"]
+        for r in evaluation.results
+    ]
+    parts += ["<h3>Per image</h3>", _table(["Image", "Method", "Metric", "Value", "Random map", "Evaluations", "Seconds", "Notes"], rows,
+                                           [False, False, False, True, True, True, True, False])]
+    return parts
+
+
+def write_all(comparison: Comparison, out_dir: str | Path, *, share_url: str | None = None, evaluation: Any = None) -> dict[str, Path]:
     """Write every export into ``out_dir`` (created if missing).
 
     -> ``{"grid": grid.png, "npz": attributions.npz, "provenance": provenance.json, "html": report.html}``.
@@ -413,6 +491,6 @@ def write_all(comparison: Comparison, out_dir: str | Path, *, share_url: str | N
     }
     paths["grid"].write_bytes(grid_png(comparison))
     paths["npz"].write_bytes(attributions_npz(comparison))
-    paths["provenance"].write_text(provenance_json(comparison), encoding="utf-8")
-    paths["html"].write_text(html_report(comparison, share_url=share_url), encoding="utf-8")
+    paths["provenance"].write_text(provenance_json(comparison, evaluation), encoding="utf-8")
+    paths["html"].write_text(html_report(comparison, share_url=share_url, evaluation=evaluation), encoding="utf-8")
     return paths

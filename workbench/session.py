@@ -49,6 +49,7 @@ MAX_SESSION_RESULT_BYTES = 128 * 1024 * 1024  # ... and their arrays' bytes
 MAX_SESSION_PREDICTIONS = 1024
 MAX_SESSION_RUNS = 16  # saved runs one session keeps read (share links opened, runs saved) ...
 MAX_SESSION_RUN_BYTES = 256 * 1024 * 1024  # ... and their arrays' bytes
+MAX_SESSION_EVALUATIONS = 64  # evaluations of comparisons one session keeps
 DEFAULT_METHODS = ("gradcam", "integrated_gradients", "shap")
 TOP_K = 5
 
@@ -254,6 +255,9 @@ class Workspace:
     handled_uploads: set = dataclasses.field(default_factory=set)
     explainer_runs: int = 0  # explainer calls made for this session (shown on About)
     saved: dict[str, str] = dataclasses.field(default_factory=dict)  # comparison_key -> run id saved from this session
+    evaluations: BoundedCache = dataclasses.field(  # evaluation key -> metrics.Evaluation (workbench.evaluations)
+        default_factory=lambda: BoundedCache(MAX_SESSION_EVALUATIONS)
+    )
     opened: BoundedCache = dataclasses.field(  # run id -> sharing.OpenedRun
         default_factory=lambda: BoundedCache(MAX_SESSION_RUNS, MAX_SESSION_RUN_BYTES, lambda run: comparison_bytes(run.comparison))
     )

@@ -95,6 +95,8 @@ class OpenedRun:
 
     comparison: Comparison
     load_seconds: float | None = None
+    evaluation: Any = None  # the run's saved metrics.Evaluation, if it was evaluated
+    masks: tuple = ()  # the ground-truth masks the evaluation used, per image (None: no mask)
 
     @property
     def compute_seconds(self) -> float:
@@ -164,9 +166,39 @@ def open_run(ws: session.Workspace, run_id: object, store: RunStore) -> OpenedRu
     if found is None:
         started = time.perf_counter()
         comparison = store.load(run_id)
-        found = OpenedRun(comparison, time.perf_counter() - started)
+        evaluation, masks = _stored_evaluation(store, run_id)
+        found = OpenedRun(comparison, time.perf_counter() - started, evaluation, masks)
         ws.opened.put(run_id, found)
     return found
+
+
+def _stored_evaluation(store: RunStore, run_id: str) -> tuple[Any, tuple]:
+    from .metrics import Evaluation
+
+    data, masks = store.load_evaluation(run_id)
+    if data is None:
+        return None, ()
+    try:
+        return Evaluation.from_dict(data), tuple(masks)
+    except (KeyError, TypeError, ValueError):  # saved by another version: the maps still open
+        log.exception("run %s: its evaluation does not read back", run_id)
+        return None, ()
+
+
+def saved_evaluation(ws: session.Workspace, run_id: str | None) -> Any:
+    """The evaluation stored with a run this session holds (None: not evaluated, or not held)."""
+    found = ws.opened.get(run_id) if run_id else None
+    return found.evaluation if found is not None else None
+
+
+def save_evaluation(ws: session.Workspace, run_id: str, evaluation: Any, masks: Sequence[Any], store: RunStore) -> None:
+    """Store a saved run's evaluation (and its masks) beside it, so its share link shows the metrics too."""
+    masks = tuple(masks)
+    store.save_evaluation(run_id, evaluation.to_dict(), masks)
+    found = ws.opened.get(run_id)
+    if found is not None:
+        ws.opened.put(run_id, dataclasses.replace(found, evaluation=evaluation, masks=masks))
+    log.info("saved the evaluation of run %s (%s)", run_id, ", ".join(evaluation.metrics))
 
 
 def forget_run(ws: session.Workspace, run_id: str) -> None:
@@ -207,9 +239,10 @@ def exports(
     alpha: float = 0.5,
     shared_scale: bool = False,
     positive_only: bool = False,
+    evaluation: Any = None,
 ) -> list[Export]:
     """The grid as PNG, the arrays as NPZ, the provenance as JSON and the self-contained HTML report,
-    drawn with the page's display options."""
+    drawn with the page's display options; the JSON and the report include ``evaluation`` when given."""
     from . import export
 
     stem = f"run-{comparison.run_id[:12]}" if comparison.run_id else "comparison"
@@ -219,9 +252,9 @@ def exports(
         Export("npz", "Attributions .npz", f"{stem}-attributions.npz", "application/octet-stream",
                functools.partial(export.attributions_npz, comparison)),
         Export("provenance", "Provenance .json", f"{stem}-provenance.json", "application/json",
-               functools.partial(export.provenance_json, comparison)),
+               functools.partial(export.provenance_json, comparison, evaluation)),
         Export("html", "Report .html", f"{stem}-report.html", "text/html",
-               functools.partial(export.html_report, comparison, share_url=share_url, **look)),
+               functools.partial(export.html_report, comparison, share_url=share_url, evaluation=evaluation, **look)),
     ]
 
 

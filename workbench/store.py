@@ -41,6 +41,7 @@ import contextlib
 import dataclasses
 import hashlib
 import io
+import json
 import math
 import os
 import re
@@ -300,6 +301,42 @@ class RunStore:
                 conn.execute(runs_table.insert(), [row])
                 conn.execute(run_blobs_table.insert(), refs)
         return run_id
+
+    def save_evaluation(self, run_id: str, evaluation: Mapping[str, Any], masks: Sequence[np.ndarray | None] = ()) -> None:
+        """Attach a run's evaluation (the metrics as JSON, see :mod:`workbench.metrics`) and the ground-truth
+        masks it used, replacing an earlier one; the comparison itself is not touched.
+
+        Raises RunNotFound when the run does not exist (or was deleted meanwhile).
+        """
+        run_id = _checked_id(run_id)
+        blobs = {"evaluation": json.dumps(_to_json(dict(evaluation)), allow_nan=False).encode()}
+        for i, mask in enumerate(masks):
+            if mask is not None:
+                blobs[f"mask/{i}"] = _npy(np.asarray(mask, dtype=bool))
+        replaced = sa.or_(run_blobs_table.c.role == "evaluation", run_blobs_table.c.role.like("mask/%"))
+        with self._blob_lock(exclusive=False):
+            refs = [
+                {"run_id": run_id, "role": role, "sha256": self._put_blob(data), "size": len(data)}
+                for role, data in blobs.items()
+            ]
+            with self.engine.begin() as conn:
+                if not conn.execute(sa.select(runs_table.c.id).where(runs_table.c.id == run_id)).first():
+                    raise RunNotFound(_NOT_FOUND)
+                conn.execute(run_blobs_table.delete().where(run_blobs_table.c.run_id == run_id, replaced))
+                conn.execute(run_blobs_table.insert(), refs)
+
+    def load_evaluation(self, run_id: str) -> tuple[dict[str, Any] | None, list[np.ndarray | None]]:
+        """A run's evaluation as saved and its masks per image (None where an image had none);
+        (None, []) when the run was never evaluated."""
+        run_id = _checked_id(run_id)
+        refs = self._refs(run_id)
+        if "evaluation" not in refs:
+            return None, []
+        evaluation = _from_json(json.loads(self._read_ref(run_id, "evaluation", refs)))
+        count = int(max((int(r.split("/")[1]) for r in refs if r.startswith("mask/")), default=-1)) + 1
+        count = max(count, len(evaluation.get("images", ())))
+        masks = [_from_npy(self._read_ref(run_id, f"mask/{i}", refs)) if f"mask/{i}" in refs else None for i in range(count)]
+        return evaluation, masks
 
     # -- reading --------------------------------------------------------------------------------
 

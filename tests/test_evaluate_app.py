@@ -155,3 +155,40 @@ def test_masks_uploaded_beside_images_on_the_images_page():
     at.file_uploader(key=f"images_mask_{entry.id[:16]}").set_value(("wrong.png", _png(np.ones((4, 4), np.uint8)), "image/png")).run()
     assert any("the mask is 4x4 but its image is 30x20" in e.value for e in at.error)
     assert at.session_state["workspace"].images[entry.id].mask.sum() == 1
+
+
+def test_an_evaluation_is_stored_beside_its_run_replaced_and_deleted_with_it(tmp_path):
+    import hashlib
+    import time
+
+    from workbench.errors import RunNotFound
+    from workbench.result import Attribution, Comparison, ExplainedImage
+
+    rng = np.random.default_rng(3)
+    pixels = rng.random((8, 8, 3), dtype=np.float32)
+    image = ExplainedImage(name="a.png", sha256=hashlib.sha256(pixels.tobytes()).hexdigest(), pixels=pixels, target=0, target_label="x")
+    maps = {m: rng.random((1, 8, 8)).astype(np.float32) for m in ("saliency", "gradcam")}
+    row = tuple(Attribution(method=m, map=maps[m][0], target=0, target_label="x", target_score=1.0, signed=False, params={},
+                            seconds=0.1, evaluations=1, device="cpu") for m in maps)
+    comparison = Comparison(model={"name": "m"}, images=(image,), methods=tuple(maps), results=(row,), seed=0,
+                            versions={}, created=time.time())
+    mask = np.zeros((8, 8), bool)
+    mask[2:5, 2:5] = True
+    evaluation = metrics.evaluate(None, pixels[None], [0], maps, ["sparseness", "mask_energy"], masks=[mask], image_names=["a.png"])
+    with RunStore(None, tmp_path / "data") as store:
+        run_id = store.save(comparison, model_bytes=None, image_bytes=None, model_name="m")
+        assert store.load_evaluation(run_id) == (None, [])
+        store.save_evaluation(run_id, evaluation.to_dict(), [mask])
+        data, masks = store.load_evaluation(run_id)
+        assert metrics.Evaluation.from_dict(data).to_dict() == evaluation.to_dict()
+        assert np.array_equal(masks[0], mask)
+        fewer = metrics.evaluate(None, pixels[None], [0], maps, ["complexity"], image_names=["a.png"])
+        store.save_evaluation(run_id, fewer.to_dict(), [None])
+        data, masks = store.load_evaluation(run_id)
+        assert data["metrics"] == ["complexity"] and masks == [None]
+        assert store.load(run_id).methods == comparison.methods, "the comparison is untouched"
+        store.delete(run_id, requester=None)
+        with pytest.raises(RunNotFound):
+            store.save_evaluation(run_id, fewer.to_dict())
+        with pytest.raises(RunNotFound):
+            store.load_evaluation(run_id)

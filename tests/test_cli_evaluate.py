@@ -113,3 +113,20 @@ def test_refusals_exit_2_with_one_line(capsys, tmp_path, images, argv, message):
     code, _, stderr = run_cli(capsys, "evaluate", "--model", "shapes-cnn-torch", "--image", images[0], "--method", "gradcam",
                               *argv, "--out", tmp_path / "out")
     assert code == 2 and message in stderr and stderr.count("\n") == 1, stderr
+
+
+def test_batch_jobs_score_their_maps_with_the_same_metrics(images):
+    from workbench import batch, metrics
+    from workbench.analysis import run_comparison
+    from workbench.cli import read_images
+    from workbench.errors import ParameterError
+    from workbench.intake import load_zoo_model
+
+    adapter = load_zoo_model("shapes-cnn-torch", device="cpu")
+    comparison = run_comparison(adapter, read_images([str(p) for p in images], 3), ["gradcam", "saliency"])
+    evaluate = batch.metric_evaluator(["deletion", "sparseness"], {"deletion": {"steps": "8"}}, seed=0)
+    values = evaluate(adapter, comparison)
+    direct = metrics.evaluate_comparison(adapter, comparison, ["deletion", "sparseness"], params={"deletion": {"steps": 8}})
+    assert values[1][0] == {"deletion": direct.find(1, "gradcam", "deletion").value, "sparseness": direct.find(1, "gradcam", "sparseness").value}
+    with pytest.raises(ParameterError, match="Unknown metric"):
+        batch.metric_evaluator(["faithfulness"], {}, seed=0)

@@ -185,8 +185,21 @@ class ChunkRunner:
 
 
 def metric_evaluator(names: Sequence[str], params: Mapping[str, Mapping[str, Any]], *, seed: int):
-    """-> fn(adapter, comparison) -> per image, per method, {metric: value}."""
-    raise ParameterError(f"Metric {names[0]!r} is not available in this version; run without --metric.")
+    """-> fn(adapter, comparison) -> per image, per method, {metric: value} (:mod:`workbench.metrics`; the
+    comparison's seed seeds the random map and the randomisation; no masks here, so localisation gives None)."""
+    from . import metrics
+
+    chosen = list(names)
+    normal = metrics.normalise_params(chosen, {m: (params or {}).get(m) or {} for m in chosen})  # refused before any image
+
+    def evaluate(adapter, comparison):
+        evaluation = metrics.evaluate_comparison(adapter, comparison, chosen, params=normal)
+        out = [[{} for _ in comparison.methods] for _ in comparison.images]
+        for r in evaluation.results:
+            out[r.image_index][comparison.methods.index(r.method)][r.metric] = r.value
+        return out
+
+    return evaluate
 
 
 def resolve_target(target: str | None, labels: Sequence[str]) -> int | None:

@@ -73,6 +73,11 @@ def section(ws: session.Workspace, record: session.LoadedModel, comparison: Comp
         st.error(str(error), icon=":material/block:")
         return
     found = evaluations.cached(ws, work, comparison)
+    if found is not None and comparison.run_id:
+        try:
+            evaluations.keep_with_run(ws, comparison, found, masks, sharing.run_store())
+        except Exception:  # noqa: BLE001 - the metrics are shown; only their copy in the store is missing
+            log.exception("saving the evaluation of run %s failed", comparison.run_id)
     if found is None:
         run_col, cost_col = st.columns([1, 5], vertical_alignment="center")
         pressed = run_col.button("Evaluate", type="primary", icon=":material/rule:", key=f"{scope}_evaluate")

@@ -117,6 +117,15 @@ def run(
     return evaluation
 
 
+def keep_with_run(ws: session.Workspace, comparison: Comparison, evaluation: Any, masks: Sequence[np.ndarray | None], store) -> None:
+    """An evaluation computed before its comparison was saved (Save & share later) is stored with the run too."""
+    if comparison.run_id and evaluation is not None:
+        from . import sharing
+
+        if sharing.saved_evaluation(ws, comparison.run_id) is None:
+            sharing.save_evaluation(ws, comparison.run_id, evaluation, masks, store)
+
+
 # ---------------------------------------------------------------------------- what the charts show
 def curve_rows(evaluation: Any, metric: str, image_index: int) -> list[dict[str, Any]]:
     """Long-form points of one metric's curves for one image: each method and the random map."""

@@ -187,6 +187,17 @@ def test_an_evaluation_is_stored_beside_its_run_replaced_and_deleted_with_it(tmp
         data, masks = store.load_evaluation(run_id)
         assert data["metrics"] == ["complexity"] and masks == [None]
         assert store.load(run_id).methods == comparison.methods, "the comparison is untouched"
+        # an evaluation computed before its comparison was saved joins the run once it has one
+        import dataclasses
+
+        from workbench import evaluations, session
+
+        ws = session.Workspace()
+        second = store.save(comparison, model_bytes=None, image_bytes=None, model_name="m")
+        ws.opened.put(second, sharing.OpenedRun(dataclasses.replace(comparison, run_id=second)))
+        evaluations.keep_with_run(ws, ws.opened.get(second).comparison, evaluation, [mask], store)
+        assert store.load_evaluation(second)[0]["metrics"] == ["sparseness", "mask_energy"]
+        assert sharing.saved_evaluation(ws, second) is evaluation
         store.delete(run_id, requester=None)
         with pytest.raises(RunNotFound):
             store.save_evaluation(run_id, fewer.to_dict())

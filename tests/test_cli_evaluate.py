@@ -130,3 +130,25 @@ def test_batch_jobs_score_their_maps_with_the_same_metrics(images):
     assert values[1][0] == {"deletion": direct.find(1, "gradcam", "deletion").value, "sparseness": direct.find(1, "gradcam", "sparseness").value}
     with pytest.raises(ParameterError, match="Unknown metric"):
         batch.metric_evaluator(["faithfulness"], {}, seed=0)
+
+
+def test_export_of_a_stored_run_includes_its_evaluation(capsys, tmp_path, monkeypatch, images):
+    monkeypatch.setenv("WORKBENCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("WORKBENCH_DATABASE_URL", raising=False)
+    from workbench import metrics
+    from workbench.analysis import run_comparison
+    from workbench.cli import read_images
+    from workbench.intake import load_zoo_model
+    from workbench.store import RunStore
+
+    adapter = load_zoo_model("shapes-cnn-torch", device="cpu")
+    comparison = run_comparison(adapter, read_images([str(images[0])], 3), ["gradcam"])
+    evaluation = metrics.evaluate_comparison(adapter, comparison, ["sparseness", "deletion"], params={"deletion": {"steps": 4}})
+    with RunStore() as store:
+        run_id = store.save(comparison, model_bytes=None, image_bytes=None, model_name="shapes")
+        store.save_evaluation(run_id, evaluation.to_dict())
+    code, _, stderr = run_cli(capsys, "export", run_id, "--out", tmp_path / "export")
+    assert code == 0, stderr
+    provenance = json.loads((tmp_path / "export" / "provenance.json").read_text())
+    assert provenance["evaluation"]["metrics"] == ["sparseness", "deletion"]
+    assert "<h2>Evaluation</h2>" in (tmp_path / "export" / "report.html").read_text()

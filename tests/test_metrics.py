@@ -215,6 +215,11 @@ def test_evaluate_gives_every_row_with_a_random_baseline(zoo):
     estimate = metrics.estimate(adapter, 2, ["gradcam", "saliency"], ["deletion"], {"deletion": {"steps": 10}})
     assert estimate["deletion"]["evaluations"] == 2 * 3 * 11  # two methods and the random map, per image
     assert sum(r.evaluations for r in evaluation.results if r.metric == "deletion") == 2 * 2 * 11
+    # the randomisation's cost, known before running, is what it spends: one Grad-CAM pass per layer and image
+    layers = len(adapter.randomisable_layers())
+    before = metrics.estimate(adapter, 2, ["gradcam"], ["randomisation"], {"randomisation": {"layers": 0, "flag_above": 0.5}})
+    spent = metrics.evaluate(adapter, batch, targets, {"gradcam": maps["gradcam"]}, ["randomisation"], method_params={"gradcam": {}})
+    assert before["randomisation"]["evaluations"] == sum(r.evaluations for r in spent.results) == 2 * layers * 2
 
 
 def test_masks_and_maps_are_fitted_to_the_model_input():

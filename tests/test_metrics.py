@@ -37,7 +37,7 @@ from workbench.adapters.torch_adapter import TorchAdapter
 from workbench.errors import ParameterError
 from workbench.intake import load_zoo_model
 from workbench.metrics.base import Case, fit_mask
-from workbench.metrics.pixel_flipping import boundaries, gaussian_blur
+from workbench.metrics.pixel_flipping import gaussian_blur
 from workbench.metrics.pointing_game import pointing_hit
 
 import quantus  # noqa: E402  (a test-only dependency, pinned in requirements.txt)

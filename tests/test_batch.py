@@ -195,3 +195,30 @@ def test_the_app_opens_a_batch_result(tmp_path, monkeypatch):
     at.multiselect(key="batch_methods").set_value(["gradcam"]).run()
     assert not at.exception
     assert set(at.dataframe[0].value["method"]) == {"gradcam"} and len(at.dataframe[0].value) == 4
+
+
+@pytest.mark.slow
+def test_batch_metrics_use_the_masks_beside_the_images(tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for sample in model_zoo.samples()[:2]:
+        for name in (f"{sample.name}.png", f"{sample.name}_mask.png"):
+            shutil.copy(ROOT / "model_zoo" / "samples" / name, folder / name)
+    write_images(tmp_path / "unmasked", 1)
+    shutil.copy(tmp_path / "unmasked" / "img_000.png", folder / "img_000.png")
+    out = tmp_path / "batch"
+    assert run_cli("batch", "--model", "shapes-cnn-torch", "--images", folder, "--method", "gradcam", "--metric", "pointing_game",
+                   "--metric", "sparseness", "--out", out) == 0
+    rows = {r["key"]: r for r in pq.read_table(out / "results.parquet").to_pylist()}
+    assert len(rows) == 3  # the masks are not explained as images
+    for sample in model_zoo.samples()[:2]:
+        assert rows[sample.name]["metric.pointing_game"] in (0.0, 1.0)
+        assert 0.0 < rows[sample.name]["metric.sparseness"] < 1.0
+    assert rows["img_000"]["metric.pointing_game"] is None  # no mask, no localisation value
+    summary = json.loads((out / "summary.json").read_text())
+    means = [m["gradcam"]["mean_sparseness"] for m in (c["methods"] for c in summary["per_class"].values())]
+    assert len(means) >= 1 and all(0.0 < v < 1.0 for v in means)

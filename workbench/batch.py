@@ -158,7 +158,7 @@ class ChunkRunner:
         images = [image for _, image in loaded]
         targets = None if self.target is None else [self.target] * len(images)
         comparison = run_comparison(self.adapter, images, self.job.methods, params=self.params, targets=targets, seed=self.job.seed)
-        metrics = self.evaluate(self.adapter, comparison) if self.evaluate else None
+        metrics = self.evaluate(self.adapter, comparison, read_masks(loaded)) if self.evaluate else None
         rows = []
         for i, ((item, image), explained, results) in enumerate(zip(loaded, comparison.images, comparison.results)):
             for j, result in enumerate(results):
@@ -185,21 +185,36 @@ class ChunkRunner:
 
 
 def metric_evaluator(names: Sequence[str], params: Mapping[str, Mapping[str, Any]], *, seed: int):
-    """-> fn(adapter, comparison) -> per image, per method, {metric: value} (:mod:`workbench.metrics`; the
-    comparison's seed seeds the random map and the randomisation; no masks here, so localisation gives None)."""
+    """-> fn(adapter, comparison, masks) -> per image, per method, {metric: value} (:mod:`workbench.metrics`;
+    the comparison's seed seeds the random map and the randomisation; an image without a mask gets no
+    value for the localisation metrics)."""
     from . import metrics
 
     chosen = list(names)
     normal = metrics.normalise_params(chosen, {m: (params or {}).get(m) or {} for m in chosen})  # refused before any image
 
-    def evaluate(adapter, comparison):
-        evaluation = metrics.evaluate_comparison(adapter, comparison, chosen, params=normal)
+    def evaluate(adapter, comparison, masks=None):
+        evaluation = metrics.evaluate_comparison(adapter, comparison, chosen, params=normal, masks=masks)
         out = [[{} for _ in comparison.methods] for _ in comparison.images]
         for r in evaluation.results:
             out[r.image_index][comparison.methods.index(r.method)][r.metric] = r.value
         return out
 
     return evaluate
+
+
+def read_masks(loaded) -> list[np.ndarray | None]:
+    """``<stem>_mask.png`` beside each image, as ``evaluate`` finds them; a mask that does not read is no mask."""
+    from .masks import mask_beside, read_mask
+
+    masks = []
+    for item, image in loaded:
+        path = mask_beside(item["path"])
+        try:
+            masks.append(read_mask(path.read_bytes(), path.name, size=image.original_size) if path else None)
+        except WorkbenchError:
+            masks.append(None)
+    return masks
 
 
 def resolve_target(target: str | None, labels: Sequence[str]) -> int | None:

@@ -26,10 +26,60 @@ class LayerInfo:
     kind: str  # class name, e.g. Conv2d / Conv2D
     output_shape: tuple[int, ...]  # channels-last, without the batch dimension
     order: int  # position in the forward pass (last call)
+    # The layer only resamples the grid (an adaptive pool, an upsampling or resizing layer, or a block
+    # that ends in one): its output is not the feature grid, so it is never the automatic CAM layer.
+    resamples: bool = False
+    # Token layers ([N, tokens, C] seen as the patch grid): how many leading tokens (class,
+    # distillation, register) are dropped; None for ordinary layers.
+    prefix_tokens: int | None = None
 
     @property
     def spatial(self) -> bool:
         return len(self.output_shape) == 3 and (self.output_shape[0] > 1 or self.output_shape[1] > 1)
+
+    @property
+    def parent(self) -> str:
+        """The enclosing module's name ('' at the top); names are dotted (torch) or slashed (Keras)."""
+        cut = max(self.name.rfind("."), self.name.rfind("/"))
+        return self.name[:cut] if cut > 0 else ""
+
+
+# Layer kinds whose output is the grid resampled, not new features (torch and Keras class names).
+RESAMPLING_KINDS = frozenset(
+    {
+        "AdaptiveAvgPool2d", "AdaptiveMaxPool2d", "AdaptiveAvgPool1d", "AdaptiveMaxPool1d",
+        "Upsample", "UpsamplingBilinear2d", "UpsamplingNearest2d", "PixelShuffle", "PixelUnshuffle",
+        "AdaptiveAveragePooling2D", "AdaptiveMaxPooling2D", "Resizing", "UpSampling2D",
+        "OnnxResize", "OnnxUpsample",
+    }
+)
+
+
+def only_resamples(kind: str) -> bool:
+    return kind in RESAMPLING_KINDS or kind.startswith("Adaptive") and "Pool" in kind
+
+
+def token_grid(shape: Sequence[int], input_size: Sequence[int], max_prefix: int = 8) -> tuple[int, int, int] | None:
+    """(prefix tokens, grid h, grid w) when a [tokens, C] layer output is a patch grid of the input.
+
+    The patch tokens come last (class, distillation and register tokens first, as ViT, DeiT and
+    DINOv2 order them); the fewest prefix tokens that leave a grid with the input's aspect ratio
+    and an integer patch size win. None when the shape is no such grid.
+    """
+    if len(shape) != 2 or shape[1] < 2:
+        return None
+    tokens = int(shape[0])
+    height, width = int(input_size[0]), int(input_size[1])
+    for prefix in range(0, min(max_prefix, tokens - 4) + 1):
+        patches = tokens - prefix
+        for gh in range(2, patches + 1):
+            if patches % gh:
+                continue
+            gw = patches // gh
+            if gw < 2 or height % gh or width % gw or height // gh != width // gw:
+                continue
+            return prefix, gh, gw
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,15 +112,39 @@ def default_labels(num_classes: int) -> tuple[str, ...]:
 
 
 def choose_cam_layer(layers: Sequence[LayerInfo]) -> str:
-    """The last layer (in forward order) with a spatial 4-D output, i.e. before global pooling.
+    """The last layer (in forward order) whose output is still the feature grid, i.e. before pooling.
 
     Several layers can end at the same tensor (a residual block and its last ReLU);
     the one that finishes last — the outermost block — wins, as pytorch-grad-cam advises.
+    Layers that only resample the grid (adaptive pools, upsampling) are skipped: a VGG head's
+    ``AdaptiveAvgPool2d((7, 7))`` makes a 7x7 grid out of any input, not features.
+
+    Vision transformers (token layers) take the first norm of the last block, as pytorch-grad-cam
+    advises: the class token alone reaches the classifier, so the last block's output has no
+    gradient on the patch tokens.
     """
-    spatial = [layer for layer in layers if layer.spatial]
+    spatial = [layer for layer in layers if layer.spatial and not layer.resamples]
     if not spatial:
         raise LayerError("This model has no layer with a spatial (H x W x C) output, so CAM methods cannot run.")
-    return max(spatial, key=lambda layer: layer.order).name
+    last = max(spatial, key=lambda layer: layer.order)
+    if last.prefix_tokens is not None:
+        block = _last_block_first_norm(spatial)
+        if block is not None:
+            return block
+    return last.name
+
+
+def _last_block_first_norm(layers: Sequence[LayerInfo]) -> str | None:
+    """The first norm of the last transformer block: a module holding two or more token norms (pre-norm blocks)."""
+    norms: dict[str, list[LayerInfo]] = {}
+    for layer in layers:
+        if layer.prefix_tokens is not None and "norm" in layer.kind.lower():
+            norms.setdefault(layer.parent, []).append(layer)
+    blocks = [sorted(found, key=lambda layer: layer.order) for found in norms.values() if len(found) >= 2]
+    if not blocks:
+        return None
+    last_block = max(blocks, key=lambda found: found[-1].order)
+    return last_block[0].name
 
 
 def detect_output_kind(outputs: np.ndarray) -> str:

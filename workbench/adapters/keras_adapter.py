@@ -17,7 +17,7 @@ import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
 from ..errors import LayerError, ModelRejected, ParameterError  # noqa: E402
-from .base import LayerInfo, LayerPass, ModelAdapter  # noqa: E402
+from .base import LayerInfo, LayerPass, ModelAdapter, only_resamples, token_grid  # noqa: E402
 
 DEFAULT_INPUT_SIZE = (224, 224, 3)
 _growth_lock = threading.Lock()
@@ -200,6 +200,7 @@ class KerasAdapter(ModelAdapter):
     def layer_gradients(self, batch, layer, targets):
         captured = {}
         target_layer = self._get_layer(layer)
+        form = self._grid_form(layer)
         x = self._to_tensor(batch)
         # The tape watches nothing but the layer's output: only the ops after the layer are recorded,
         # so the backward pass stops there instead of running through the whole network and its weights.
@@ -222,35 +223,62 @@ class KerasAdapter(ModelAdapter):
             raise LayerError(f"The model's output does not depend on layer {layer!r}.")
         return LayerPass(
             outputs=np.asarray(out, dtype=np.float32),
-            activations=self._channels_last(act),
-            gradients=self._channels_last(grad),
+            activations=self._as_grid(act, form),
+            gradients=self._as_grid(grad, form),
         )
 
     def layer_activations(self, batch, layer):
         captured = {}
+        form = self._grid_form(layer)
         with self._capture({layer: self._get_layer(layer)}, lambda _p, out: captured.__setitem__("out", out)):
             with tf.device(self._device):
                 out = self._call(self._to_tensor(batch))
         act = captured.get("out")
         if act is None or isinstance(act, (list, tuple, dict)):
             raise LayerError(f"Layer {layer!r} did not produce a single tensor in the forward pass.")
-        return np.asarray(out, dtype=np.float32), self._channels_last(act)
+        return np.asarray(out, dtype=np.float32), self._as_grid(act, form)
+
+    def _grid_form(self, layer: str) -> tuple:
+        """("tokens", prefix, h, w) for a token layer, else ("raw",): how its output becomes [N, h, w, c]."""
+        self.layers()
+        return getattr(self, "_forms", {}).get(layer, ("raw",))
+
+    def _as_grid(self, t, form: tuple) -> np.ndarray:
+        if form[0] == "tokens" and len(t.shape) == 3:
+            _, prefix, h, w = form
+            arr = np.asarray(t, dtype=np.float32)[:, prefix:, :]
+            return arr.reshape(arr.shape[0], h, w, arr.shape[2])
+        return self._channels_last(t)
 
     def _trace_layers(self) -> list[LayerInfo]:
         records: dict[str, LayerInfo] = {}
         counter = [0]
+        forms: dict[str, tuple] = {}
+        resampled: list = []
 
         def record(path, output):
             if isinstance(output, (list, tuple, dict)) or not hasattr(output, "shape"):
                 return
+            kind = type(self._layers_by_path[path]).__name__
             shape = tuple(int(s) for s in output.shape[1:])
+            prefix = None
             if len(output.shape) == 4 and self.layout == "NCHW":
                 shape = (shape[1], shape[2], shape[0])
+            elif len(output.shape) == 3 and int(output.shape[0]) == 1:
+                grid = token_grid(shape, self.input_size)
+                if grid is not None:
+                    prefix, gh, gw = grid
+                    shape = (gh, gw, shape[1])
+                    forms[path] = ("tokens", prefix, gh, gw)
+            resamples = only_resamples(kind) or any(output is seen for seen in resampled)
+            if resamples:
+                resampled.append(output)
             counter[0] += 1
-            records[path] = LayerInfo(path, type(self._layers_by_path[path]).__name__, shape, counter[0])
+            records[path] = LayerInfo(path, kind, shape, counter[0], resamples=resamples, prefix_tokens=prefix)
 
         with self._capture(self._layers_by_path, record), tf.device(self._device):
             self._call(self._to_tensor(self.test_input(1)))
+        self._forms = forms
         return sorted(records.values(), key=lambda info: info.order)
 
     def randomisable_layers(self) -> tuple[str, ...]:

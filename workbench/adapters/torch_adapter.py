@@ -11,9 +11,12 @@ import numpy as np
 import torch
 
 from ..errors import LayerError, ModelRejected, ParameterError
-from .base import LayerInfo, LayerPass, ModelAdapter
+from .base import LayerInfo, LayerPass, ModelAdapter, only_resamples, token_grid
 
 DEFAULT_INPUT_SIZE = (224, 224, 3)
+# Modules that act on the last axis: a 4-D output of theirs is channels-last ([N, H, W, C]),
+# as in ConvNeXt blocks and Swin stages, not the NCHW of convolutions.
+CHANNELS_LAST_KINDS = frozenset({"Linear", "LayerNorm", "RMSNorm", "ConvNextLayerNorm", "SwinPatchMerging"})
 
 
 def resolve_device(device: str) -> "torch.device":
@@ -60,6 +63,7 @@ class TorchAdapter(ModelAdapter):
             layout=layout,
         )
         self._device = resolve_device(device)
+        self._forms: dict[str, tuple] = {}
         self.module = module.eval().to(self._device)
         self._modules = dict(module.named_modules())
 
@@ -80,6 +84,22 @@ class TorchAdapter(ModelAdapter):
         t = t.detach().float()
         if t.ndim == 4:
             t = t.permute(0, 2, 3, 1)
+        return t.cpu().numpy()
+
+    def _grid_form(self, layer: str) -> tuple:
+        """How a layer's raw output becomes [N, h, w, c]: ("nchw",), ("nhwc",), ("tokens", prefix, h, w) or ("raw",)."""
+        self.layers()  # traced once (outside any hook), which records the forms
+        return self._forms.get(layer, ("raw",))
+
+    @staticmethod
+    def _as_grid(t: "torch.Tensor", form: tuple) -> np.ndarray:
+        t = t.detach().float()
+        if form[0] == "nchw" and t.ndim == 4:
+            t = t.permute(0, 2, 3, 1)
+        elif form[0] == "tokens" and t.ndim == 3:
+            # pytorch-grad-cam's ViT reshape_transform: drop the leading (class, ...) tokens, patches to the grid
+            _, prefix, h, w = form
+            t = t[:, prefix:, :].reshape(t.shape[0], h, w, t.shape[2])
         return t.cpu().numpy()
 
     def _forward(self, x: "torch.Tensor") -> "torch.Tensor":
@@ -148,6 +168,7 @@ class TorchAdapter(ModelAdapter):
 
     def layer_gradients(self, batch, layer, targets):
         x = self._to_tensor(batch)
+        form = self._grid_form(layer)
         with self._capture(layer, gradients=True) as captured:
             with torch.no_grad():  # the hook turns autograd on at the layer
                 out = self._forward(x)
@@ -159,33 +180,50 @@ class TorchAdapter(ModelAdapter):
             (grad,) = torch.autograd.grad(self._target_sum(out, targets), act)
         return LayerPass(
             outputs=out.detach().float().cpu().numpy(),
-            activations=self._channels_last(act),
-            gradients=self._channels_last(grad),
+            activations=self._as_grid(act, form),
+            gradients=self._as_grid(grad, form),
         )
 
     def layer_activations(self, batch, layer):
+        form = self._grid_form(layer)
         with self._capture(layer) as captured, torch.inference_mode():
             out = self._forward(self._to_tensor(batch))
             act = captured.get("out")
             if not isinstance(act, torch.Tensor):
                 raise LayerError(f"Layer {layer!r} did not produce a single tensor in the forward pass.")
-            return out.float().cpu().numpy(), self._channels_last(act)
+            return out.float().cpu().numpy(), self._as_grid(act, form)
 
     def _trace_layers(self) -> list[LayerInfo]:
+        self._forms = {}
         if isinstance(self.module, torch.jit.ScriptModule):
             return []  # compiled modules take no Python hooks: gradient methods work, layer (CAM) methods do not
         records: dict[str, LayerInfo] = {}
         counter = [0]
         handles = []
+        resampled: list = []  # outputs of resampling layers: a block that returns one only resamples too
 
         def make_hook(name):
             def hook(module, _inputs, output):
                 if isinstance(output, torch.Tensor):
-                    shape = tuple(output.shape[1:])
-                    if output.ndim == 4:
-                        shape = (shape[1], shape[2], shape[0])
+                    kind = type(module).__name__
+                    shape = tuple(int(s) for s in output.shape[1:])
+                    form: tuple = ("raw",)
+                    prefix = None
+                    if output.ndim < 3 or output.shape[0] != 1:  # the trace runs one image; windows fold into the batch
+                        pass
+                    elif output.ndim == 4 and kind in CHANNELS_LAST_KINDS:
+                        form = ("nhwc",)
+                    elif output.ndim == 4:
+                        shape, form = (shape[1], shape[2], shape[0]), ("nchw",)
+                    elif output.ndim == 3 and (grid := token_grid(shape, self.input_size)) is not None:
+                        prefix, gh, gw = grid
+                        shape, form = (gh, gw, shape[1]), ("tokens", prefix, gh, gw)
+                    resamples = only_resamples(kind) or any(output is seen for seen in resampled)
+                    if resamples:
+                        resampled.append(output)
                     counter[0] += 1
-                    records[name] = LayerInfo(name, type(module).__name__, tuple(int(s) for s in shape), counter[0])
+                    self._forms[name] = form
+                    records[name] = LayerInfo(name, kind, shape, counter[0], resamples=resamples, prefix_tokens=prefix)
 
             return hook
 

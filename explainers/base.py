@@ -313,6 +313,7 @@ class Explainer:
                     notes=notes,
                     model_fingerprint=adapter.fingerprint,
                     image_fingerprint=image_fingerprints[i] if image_fingerprints else "",
+                    score=adapter.output_kind,
                 )
             )
         return results

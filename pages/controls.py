@@ -172,6 +172,8 @@ def grid(
             )
         for col, result, scale in zip(cols[1:], row, row_scales):
             note = f"{result.seconds:.2f} s · {result.evaluations} passes"
+            if result.score:
+                note = f"explains {result.score} · " + note
             if result.completeness_ratio is not None:
                 note += f" · gap {result.completeness_ratio:.1%}"
             col.image(picture(pixels, result, display, scale), caption=note, width="stretch")

@@ -126,6 +126,15 @@ with settings_col:
         help="How pixels in [0, 1] become the model's input.",
     )
     session.set_preset(record, preset)
+    scores = ["logits", "probabilities"]
+    score = st.segmented_control(
+        "Explain", scores, default=record.adapter.output_kind, required=True, key=f"models_score_{record.id}",
+        help="logits: the pre-softmax score (a final softmax is peeled off where the model has one); "
+        "probabilities: the softmax output. Every result records which one it explains.",
+    )
+    attempt(lambda: session.set_score(record, score), "score", "models_score_notice", then=lambda: None)
+    if st.session_state.get("models_score_notice"):
+        st.error(st.session_state["models_score_notice"], icon=":material/block:")
     labels_file = st.file_uploader("Labels file (one per line, or JSON)", key=f"models_labels_{record.id}", type=["txt", "json", "csv"])
     if labels_file is not None and session.new_uploads(ws, f"labels|{record.id}", [labels_file]):
         attempt(lambda: session.set_labels(record, labels_file.getvalue(), labels_file.name), labels_file.name, "models_labels_notice")

@@ -81,7 +81,9 @@ def test_metadata_and_output_kind(torch_adapter, keras_adapter):
     assert torch_adapter.output_kind == "logits"
     assert keras_adapter.labels == ("class 0", "class 1", "class 2", "class 3")
     probs = KerasAdapter(small_keras(softmax=True), name="p", source_format="test")
-    assert probs.output_kind == "probabilities"
+    # a final softmax is peeled off by default (issue 13): the model's own probabilities stay one setting away
+    assert probs.output_kind == "logits" and probs.softmax_head
+    assert probs.view(score="probabilities").output_kind == "probabilities"
     assert detect_output_kind(np.array([[0.2, 0.8], [0.5, 0.5]])) == "probabilities"
     assert detect_output_kind(np.array([[2.0, -1.0]])) == "logits"
 

@@ -24,8 +24,17 @@ log = logging.getLogger("workbench")
 
 
 # ---------------------------------------------------------------------------- helpers
-def open_model(spec: str, *, architecture=None, preprocess=None, labels_path=None, device="auto", input_size=None):
-    """A model file path or a zoo name -> (adapter, model bytes or None)."""
+def open_model(spec: str, *, architecture=None, preprocess=None, labels_path=None, device="auto", input_size=None, score=None):
+    """A model file path or a zoo name -> (adapter, model bytes or None); ``score``: logits / probabilities."""
+    adapter, data = _open_model(
+        spec, architecture=architecture, preprocess=preprocess, labels_path=labels_path, device=device, input_size=input_size
+    )
+    if score:
+        adapter.set_score(score)
+    return adapter, data
+
+
+def _open_model(spec: str, *, architecture=None, preprocess=None, labels_path=None, device="auto", input_size=None):
     from . import intake
 
     labels = None
@@ -110,7 +119,7 @@ class ProgressBar:
 
 # ---------------------------------------------------------------------------- commands
 def cmd_inspect(args) -> int:
-    adapter, _ = open_model(args.model, architecture=args.architecture, preprocess=args.preprocess, labels_path=args.labels, device=args.device)
+    adapter, _ = open_model(args.model, architecture=args.architecture, preprocess=args.preprocess, labels_path=args.labels, device=args.device, score=args.score)
     info = adapter.info()
     layers = adapter.layers()
     try:
@@ -151,7 +160,7 @@ def cmd_inspect(args) -> int:
 def cmd_predict(args) -> int:
     from .analysis import model_inputs
 
-    adapter, _ = open_model(args.model, architecture=args.architecture, preprocess=args.preprocess, labels_path=args.labels, device=args.device)
+    adapter, _ = open_model(args.model, architecture=args.architecture, preprocess=args.preprocess, labels_path=args.labels, device=args.device, score=args.score)
     images = read_images(args.images, adapter.input_size[2])
     _, batch = model_inputs(adapter, images)
     outputs = adapter.predict(batch)
@@ -183,7 +192,7 @@ def cmd_explain(args) -> int:
         explainers.get(m)  # unknown names fail before anything loads
     params = parse_params(args.params, args.methods)
     adapter, model_bytes = open_model(
-        args.model, architecture=args.architecture, preprocess=args.preprocess, labels_path=args.labels, device=args.device
+        args.model, architecture=args.architecture, preprocess=args.preprocess, labels_path=args.labels, device=args.device, score=args.score
     )
     images = read_images(args.images, adapter.input_size[2])
     background = read_images(args.background, adapter.input_size[2]) if args.background else None
@@ -467,6 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--preprocess", choices=list(PRESETS), help="preprocessing preset (default: unit, or the zoo model's)")
         p.add_argument("--labels", help="labels file: .txt one per line, or .json list/dict")
         p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+        p.add_argument(
+            "--score", choices=["logits", "probabilities"],
+            help="what to explain (default: logits where a final softmax can be peeled off, else the model's output)",
+        )
 
     p = sub.add_parser("inspect", help="format, framework, input, classes, layers, default CAM layer")
     model_options(p)

@@ -38,6 +38,7 @@ class Attribution:
     notes: tuple[str, ...] = ()  # e.g. "chunk halved to 8 after an out-of-memory error"
     model_fingerprint: str = ""
     image_fingerprint: str = ""
+    score: str = ""  # what was explained: "logits" (pre-softmax) or "probabilities" ("" in runs saved before)
 
     def __post_init__(self):
         m = np.asarray(self.map, dtype=np.float32)
@@ -71,6 +72,7 @@ class Attribution:
             "notes": list(self.notes),
             "model_fingerprint": self.model_fingerprint,
             "image_fingerprint": self.image_fingerprint,
+            "score": self.score,
             "shape": list(self.map.shape),
         }
 

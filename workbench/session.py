@@ -129,12 +129,14 @@ def shared_loader() -> Callable[[ModelKey, bytes | None], ModelAdapter]:
     return lambda key, data: cached(key.text, key, data)
 
 
-def configured(base: ModelAdapter, *, preset: str | None = None, labels: Sequence[str] | None = None) -> ModelAdapter:
-    """A view of a shared adapter with this session's preset and labels (None: the base's own).
+def configured(
+    base: ModelAdapter, *, preset: str | None = None, labels: Sequence[str] | None = None, score: str | None = None
+) -> ModelAdapter:
+    """A view of a shared adapter with this session's preset, labels and score (None: the base's own).
 
     Raises ModelRejected when the labels do not fit the model's classes.
     """
-    return base.view(preset=preset, labels=labels)
+    return base.view(preset=preset, labels=labels, score=score)
 
 
 # ---------------------------------------------------------------------------- workspace records
@@ -150,17 +152,20 @@ class LoadedModel:
     preset: str | None = None  # None: the base adapter's preset
     labels: tuple[str, ...] | None = None  # None: the base adapter's labels
     labels_file: str | None = None
+    score: str | None = None  # None: the base adapter's (logits where a softmax can be peeled off)
     forward_seconds: float | None = None
     data: bytes | None = dataclasses.field(default=None, repr=False)  # the uploaded file, saved with each run for re-running
 
     def reconfigure(self) -> None:
-        self.adapter = configured(self.base, preset=self.preset, labels=self.labels)
+        self.adapter = configured(self.base, preset=self.preset, labels=self.labels, score=self.score)
         self.forward_seconds = None
 
     @property
     def identity(self) -> str:
         """Everything that decides this model's outputs and labels, hashed: part of every result key."""
-        return digest([self.key.text, self.base.fingerprint, self.adapter.preset.name, list(self.adapter.labels)])
+        return digest(
+            [self.key.text, self.base.fingerprint, self.adapter.preset.name, list(self.adapter.labels), self.adapter.output_kind]
+        )
 
 
 @dataclasses.dataclass
@@ -358,6 +363,14 @@ def set_preset(record: LoadedModel, preset: str) -> None:
         record.reconfigure()
 
 
+def set_score(record: LoadedModel, score: str) -> None:
+    """Explain "logits" or "probabilities" with this model (raises ParameterError where it cannot)."""
+    if score != record.adapter.output_kind:
+        record.adapter.view(score=score)  # refuses before anything changes
+        record.score = score
+        record.reconfigure()
+
+
 def set_labels(record: LoadedModel, data: bytes | None, filename: str | None) -> None:
     """Apply a labels file, or go back to the model's own labels with ``data=None``.
 
@@ -413,7 +426,7 @@ def summary_rows(record: LoadedModel) -> list[tuple[str, str]]:
         ("Parameters", f"{info.parameters:,}"),
         ("Input", f"{h} x {w} x {c} ({info.layout})"),
         ("Classes", f"{info.num_classes}" + (f" (labels from {record.labels_file})" if record.labels_file else "")),
-        ("Outputs", info.output_kind),
+        ("Outputs", info.output_kind + (" (the model's softmax peeled off)" if info.softmax_head and info.output_kind == "logits" else "")),
         ("Preprocessing", info.preset),
         ("Device", info.device),
         ("CAM layer", _default_layer(record.adapter) or "none (no spatial layer)"),

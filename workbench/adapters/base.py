@@ -96,6 +96,8 @@ class ModelInfo:
     layout: str  # the model's own tensor layout: NCHW or NHWC
     preset: str
     fingerprint: str  # sha256 of the model bytes (or zoo name + weights hash)
+    score: str = "logits"  # what the methods explain: "logits" (pre-softmax) or "probabilities"
+    softmax_head: bool = False  # the model ends in a softmax the workbench can peel off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +149,9 @@ def _last_block_first_norm(layers: Sequence[LayerInfo]) -> str | None:
     return last_block[0].name
 
 
+SCORES = ("logits", "probabilities")
+
+
 def detect_output_kind(outputs: np.ndarray) -> str:
     rows = np.asarray(outputs, dtype=np.float64)
     if rows.size and np.all(rows >= -1e-6) and np.all(rows <= 1 + 1e-6) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3):
@@ -182,6 +187,10 @@ class ModelAdapter(abc.ABC):
         self._num_classes: int | None = None
         self._output_kind: str | None = None
         self._layers: tuple[LayerInfo, ...] | None = None
+        # What predict() and the gradients return: None while validating (the model's own output),
+        # then "logits" or "probabilities" (see set_score).
+        self.score: str | None = None
+        self._softmax_head = False
 
     # ------------------------------------------------------------------ primitives
     @abc.abstractmethod
@@ -265,6 +274,10 @@ class ModelAdapter(abc.ABC):
             raise ModelRejected("The model outputs NaN or infinite scores on a test input.")
         self._num_classes = int(out.shape[1])
         self._output_kind = detect_output_kind(out)
+        self._softmax_head = bool(self._find_softmax_head()) if self._output_kind == "probabilities" else False
+        # Explain the pre-softmax score where the softmax can be peeled off (the keras.io and
+        # pytorch-grad-cam convention); a model without one is explained as it outputs.
+        self.score = "logits" if self._softmax_head else self._output_kind
         if self._labels is not None and len(self._labels) != self._num_classes:
             raise ModelRejected(
                 f"The labels file has {len(self._labels)} labels but the model has {self._num_classes} classes."
@@ -281,8 +294,46 @@ class ModelAdapter(abc.ABC):
 
     @property
     def output_kind(self) -> str:
+        """What predict() returns now: the score mode (the model's own output kind before validation)."""
         self._ensure_validated()
-        return self._output_kind  # type: ignore[return-value]
+        return self.score or self._output_kind  # type: ignore[return-value]
+
+    @property
+    def softmax_head(self) -> bool:
+        self._ensure_validated()
+        return self._softmax_head
+
+    def _find_softmax_head(self) -> bool:
+        """True when the model's output is a final softmax whose input the adapter can return instead."""
+        return False
+
+    def set_score(self, score: str) -> None:
+        """Explain "logits" (pre-softmax) or "probabilities".
+
+        Logits of a probability model need a final softmax to peel off; probabilities of a logit
+        model are the softmax of its outputs.
+        """
+        from ..errors import ParameterError
+
+        self._ensure_validated()
+        if score not in SCORES:
+            raise ParameterError(f"Unknown score {score!r}; use logits or probabilities.")
+        if score == "logits" and self._output_kind == "probabilities" and not self._softmax_head:
+            raise ParameterError(
+                "This model outputs probabilities from a softmax the workbench cannot separate (not a final "
+                "Softmax layer / softmax activation); explain probabilities, or export the model without its softmax."
+            )
+        self.score = score
+
+    def _score_transform(self) -> str:
+        """How outputs become the score: "peel" (return the softmax's input), "softmax" (add one) or ""."""
+        if self.score is None:
+            return ""
+        if self.score == "logits" and self._output_kind == "probabilities":
+            return "peel"
+        if self.score == "probabilities" and self._output_kind == "logits":
+            return "softmax"
+        return ""
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -296,17 +347,22 @@ class ModelAdapter(abc.ABC):
     def set_preset(self, preset: str) -> None:
         self.preset = get_preset(preset)
 
-    def view(self, *, preset: str | None = None, labels: Sequence[str] | None = None) -> "ModelAdapter":
-        """The same loaded model with another preset and/or labels (None: keep this one's).
+    def view(
+        self, *, preset: str | None = None, labels: Sequence[str] | None = None, score: str | None = None
+    ) -> "ModelAdapter":
+        """The same loaded model with another preset, labels and/or score (None: keep this one's).
 
         The framework model, its lock and its layer table are shared with this adapter; only
-        preset and labels are the view's own, so one session's choices never change another's.
+        preset, labels and score are the view's own, so one session's choices never change another's.
         """
+        self._ensure_validated()
         view = copy.copy(self)
         if preset is not None:
             view.set_preset(preset)
         if labels is not None:
             view.with_labels(labels)
+        if score is not None:
+            view.set_score(score)
         return view
 
     def layers(self) -> tuple[LayerInfo, ...]:
@@ -342,6 +398,8 @@ class ModelAdapter(abc.ABC):
             layout=self.layout,
             preset=self.preset.name,
             fingerprint=self.fingerprint,
+            score=self.output_kind,
+            softmax_head=self.softmax_head,
         )
 
     def prepare(self, unit_images: np.ndarray) -> np.ndarray:

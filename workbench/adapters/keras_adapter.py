@@ -114,8 +114,8 @@ class KerasAdapter(ModelAdapter):
         self.model = model
         self._device = resolve_device(device)
         self._layers_by_path = dict(_walk(model))
-        self._predict_fn = tf.function(self._predict_graph, reduce_retracing=True)
-        self._grad_fn = tf.function(self._input_grad_graph, reduce_retracing=True)
+        self._compiled: dict[tuple[str, str], object] = {}  # (function, score transform) -> tf.function, shared by views
+        self._logits_head = None  # (features model, final layer) once a softmax head is found
 
     # ------------------------------------------------------------------ conversions
     def _to_tensor(self, batch: np.ndarray):
@@ -138,21 +138,69 @@ class KerasAdapter(ModelAdapter):
     def _targets(targets: Sequence[int]):
         return tf.convert_to_tensor(np.asarray(targets, dtype=np.int32))
 
-    def _call(self, x):
-        out = self.model(x, training=False)
+    def _call(self, x, transform: str | None = None):
+        transform = self._score_transform() if transform is None else transform
+        if transform == "peel":
+            features, last = self._logits_head
+            out = features(x, training=False)
+            if isinstance(last, keras.layers.Dense):  # Dense(activation="softmax"): its affine part is the logits
+                out = keras.ops.matmul(out, last.kernel)
+                if last.use_bias:
+                    out = out + last.bias
+        else:
+            out = self.model(x, training=False)
         if isinstance(out, (list, tuple, dict)):
             raise ModelRejected("The model has several outputs; an image classifier returns one [batch, classes] tensor.")
+        if transform == "softmax":
+            out = tf.nn.softmax(out, axis=-1)
         return out
 
-    def _predict_graph(self, x):
-        return self._call(x)
+    def _find_softmax_head(self) -> bool:
+        """A final Activation('softmax') / Softmax layer / Dense(activation='softmax') of a graph model."""
+        try:
+            last = self.model.layers[-1]
+            outputs = self.model.outputs
+        except (AttributeError, ValueError, IndexError):
+            return False
+        if not outputs or len(outputs) != 1:
+            return False
+        activation = getattr(last, "activation", None)
+        name = getattr(activation, "__name__", "") if activation is not None else ""
+        peelable = (
+            isinstance(last, keras.layers.Softmax)
+            or (isinstance(last, (keras.layers.Activation, keras.layers.Dense)) and name == "softmax")
+        )
+        if not peelable:
+            return False
+        try:
+            features = keras.Model(self.model.inputs, last.input)
+        except Exception:  # a subclassed model without a graph: keep its probabilities
+            return False
+        self._logits_head = (features, last)
+        return True
 
-    def _input_grad_graph(self, x, targets):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            out = self._call(x)
-            selected = tf.reduce_sum(tf.gather(out, targets, axis=1, batch_dims=1))
-        return out, tape.gradient(selected, x)
+    def _function(self, kind: str):
+        """The compiled predict / input-gradient function for this view's score transform."""
+        transform = self._score_transform()
+        key = (kind, transform)
+        fn = self._compiled.get(key)
+        if fn is None:
+            if kind == "predict":
+
+                def graph(x):
+                    return self._call(x, transform)
+
+            else:
+
+                def graph(x, targets):
+                    with tf.GradientTape() as tape:
+                        tape.watch(x)
+                        out = self._call(x, transform)
+                        selected = tf.reduce_sum(tf.gather(out, targets, axis=1, batch_dims=1))
+                    return out, tape.gradient(selected, x)
+
+            fn = self._compiled[key] = tf.function(graph, reduce_retracing=True)
+        return fn
 
     def _get_layer(self, layer: str):
         try:
@@ -190,11 +238,11 @@ class KerasAdapter(ModelAdapter):
     # would capture that wrapper into the graph for good.
     def predict(self, batch: np.ndarray) -> np.ndarray:
         with self.lock, tf.device(self._device):
-            return np.asarray(self._predict_fn(self._to_tensor(batch)), dtype=np.float32)
+            return np.asarray(self._function("predict")(self._to_tensor(batch)), dtype=np.float32)
 
     def input_gradients(self, batch, targets):
         with self.lock, tf.device(self._device):
-            out, grad = self._grad_fn(self._to_tensor(batch), self._targets(targets))
+            out, grad = self._function("gradients")(self._to_tensor(batch), self._targets(targets))
         return np.asarray(out, dtype=np.float32), self._from_input_layout(grad).astype(np.float32)
 
     def layer_gradients(self, batch, layer, targets):

@@ -103,12 +103,49 @@ class TorchAdapter(ModelAdapter):
         return t.cpu().numpy()
 
     def _forward(self, x: "torch.Tensor") -> "torch.Tensor":
-        out = self.module(x)
+        transform = self._score_transform()
+        if transform == "peel":
+            # The final Softmax hands on its input: the model returns its logits. Under the lock, as
+            # every hook is, so a view explaining probabilities never runs while it is attached.
+            with self.lock:
+                handle = self._modules[self._softmax_name].register_forward_hook(lambda _m, inputs, _o: inputs[0])
+                try:
+                    out = self.module(x)
+                finally:
+                    handle.remove()
+        else:
+            out = self.module(x)
+        if transform == "softmax" and isinstance(out, torch.Tensor):
+            out = torch.softmax(out, dim=1)
         if not isinstance(out, torch.Tensor):
             raise ModelRejected(
                 f"The model returns {type(out).__name__}, not a tensor; an image classifier must return [batch, classes]."
             )
         return out
+
+    def _find_softmax_head(self) -> bool:
+        """The last Softmax module whose output is the model's output (peelable: its input is the logits)."""
+        if isinstance(self.module, torch.jit.ScriptModule):
+            return False
+        seen: dict[str, torch.Tensor] = {}
+        handles = []
+        for name, module in self.module.named_modules():
+            kind = type(module).__name__
+            if name and "Softmax" in kind and "Log" not in kind and not getattr(module, "is_log", False):
+                handles.append(module.register_forward_hook(lambda _m, _i, out, _n=name: seen.__setitem__(_n, out)))
+        if not handles:
+            return False
+        try:
+            with self.lock, torch.inference_mode():
+                out = self.module(self._to_tensor(self.test_input(2)))
+        finally:
+            for handle in handles:
+                handle.remove()
+        for name, value in reversed(list(seen.items())):
+            if isinstance(value, torch.Tensor) and isinstance(out, torch.Tensor) and value.shape == out.shape and torch.equal(value, out):
+                self._softmax_name = name
+                return True
+        return False
 
     def _target_sum(self, out: "torch.Tensor", targets: Sequence[int]) -> "torch.Tensor":
         idx = torch.as_tensor(np.asarray(targets, dtype=np.int64), device=out.device)

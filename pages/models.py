@@ -53,7 +53,8 @@ upload_col, zoo_col = st.columns([3, 2], gap="large")
 with upload_col:
     st.subheader("Upload a model")
     uploaded = st.file_uploader(
-        "Drop a model file: .keras, .h5, .onnx, or PyTorch weights (.pt, .pth, .safetensors)",
+        "Drop a model file: .keras, .h5, .onnx, PyTorch weights (.pt, .pth, .safetensors), or a zipped Hugging Face "
+        "save_pretrained folder (config.json + model.safetensors)",
         key="models_upload",
         max_upload_size=max(1, get_settings().max_model_bytes // 2**20),
         help="The format is read from the bytes. Files that can run code on load are refused unless the operator trusts them.",
@@ -117,11 +118,13 @@ summary_col, settings_col = st.columns([2, 3], gap="large")
 with summary_col:
     st.dataframe([{"model": k, "": v} for k, v in session.summary_rows(record)], hide_index=True, width="stretch")
 with settings_col:
+    own = record.adapter.own_preset  # a Hugging Face model's preprocessor config
+    presets = {**({own.name: own} if own is not None else {}), **PRESETS}
     preset = st.selectbox(
         "Preprocessing preset",
-        list(PRESETS),
-        index=list(PRESETS).index(record.adapter.preset.name),
-        format_func=lambda name: f"{name} — {PRESETS[name].description}",
+        list(presets),
+        index=list(presets).index(record.adapter.preset.name),
+        format_func=lambda name: f"{name} — {presets[name].description}",
         key=f"models_preset_{record.id}",
         help="How pixels in [0, 1] become the model's input.",
     )

@@ -41,8 +41,9 @@ def _open_model(spec: str, *, architecture=None, preprocess=None, labels_path=No
     if labels_path:
         labels = intake.read_labels(Path(labels_path).read_bytes(), Path(labels_path).name)
     path = Path(spec)
-    if path.is_file():
-        data = path.read_bytes()
+    if path.is_file() or path.is_dir():
+        # a save_pretrained folder goes through the same zip path as an upload
+        data = intake.folder_zip(path) if path.is_dir() else path.read_bytes()
         adapter = intake.load_model(
             data,
             filename=path.name,
@@ -471,7 +472,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_options(p, positional=True):
         if positional:
-            p.add_argument("model", help="model file (.keras, .h5, .onnx, .safetensors, .pt state_dict) or zoo name")
+            p.add_argument(
+                "model",
+                help="model file (.keras, .h5, .onnx, .safetensors, .pt state_dict), a Hugging Face save_pretrained "
+                "folder or its zip, or a zoo name",
+            )
         p.add_argument("--architecture", help="zoo architecture for state_dict / safetensors files")
         p.add_argument("--preprocess", choices=list(PRESETS), help="preprocessing preset (default: unit, or the zoo model's)")
         p.add_argument("--labels", help="labels file: .txt one per line, or .json list/dict")

@@ -53,6 +53,7 @@ MODEL_FORMATS: dict[str, str] = {
     "torchscript": "TorchScript archive (trusted formats only)",
     "pickled_module": "pickled PyTorch nn.Module (trusted formats only)",
     "savedmodel": "TensorFlow SavedModel (not supported)",
+    "huggingface": "Hugging Face image classifier (zip of config.json + model.safetensors)",
 }
 
 REEXPORT = (
@@ -212,6 +213,14 @@ def _sniff_zip(data: bytes, filename: str, settings: Settings) -> _Sniffed:
         ):
             return _Sniffed("torchscript", names)
         return _Sniffed("state_dict", names)
+    if _hf_folder(names) is not None:
+        return _Sniffed("huggingface", names)
+    if "config.json" in basenames and basenames & set(_HF_PICKLED):
+        raise UnsupportedFormat(
+            f"{filename} looks like a Hugging Face folder without model.safetensors (its weights are pickled, "
+            "framework-specific or sharded); save it with model.save_pretrained(folder, safe_serialization=True, "
+            "max_shard_size='10GB') and zip the folder."
+        )
     shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
     raise UnsupportedFormat(
         f"{filename} is a zip archive ({shown or 'empty'}) but not a Keras, PyTorch or TensorFlow model; {REEXPORT}."
@@ -756,6 +765,9 @@ def _load(
         module = loading_torch.load_torchscript_trusted(data, filename)
         adapter = _torch_adapter(module, source_format or fmt, input_size, "NCHW", common)
 
+    elif fmt == "huggingface":
+        adapter = _load_huggingface(data, sniffed.detail, filename, source_format or fmt, device, common)
+
     elif fmt == "savedmodel":
         how = (
             "in TensorFlow, load it and save it with model.save('model.keras'), or convert it to ONNX with "
@@ -777,6 +789,69 @@ def _load(
     size_checks.check_tensor_sizes([size_checks.input_tensor(adapter.input_size)], filename, settings)
     adapter.validate()
     return adapter
+
+
+# ====================================================================== Hugging Face folders
+_HF_REQUIRED = ("config.json", "model.safetensors")
+_HF_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
+_HF_PICKLED = ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack", "model.safetensors.index.json")
+
+
+def _hf_folder(names: Sequence[str]) -> str | None:
+    """The folder ('' at the top) holding config.json and model.safetensors side by side, or None."""
+    folders = {}
+    for name in names:
+        path = PurePosixPath(name)
+        folders.setdefault(str(path.parent) if str(path.parent) != "." else "", set()).add(path.name)
+    found = [folder for folder, files in folders.items() if set(_HF_REQUIRED) <= files]
+    if len(found) != 1:
+        return None
+    return found[0]
+
+
+def _load_huggingface(data: bytes, names: Sequence[str], filename: str, source_format: str, device: str, common: dict):
+    """A zipped save_pretrained folder -> a TorchAdapter on the logits (see :mod:`workbench.adapters.loading_hf`)."""
+    from .adapters import loading_hf
+
+    folder = _hf_folder(names)
+    if folder is None:
+        raise UnsupportedFormat(f"{filename} holds no single folder with config.json and model.safetensors.")
+    files: dict[str, bytes] = {}
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        for wanted in loading_hf.FILES:
+            member = f"{folder}/{wanted}" if folder else wanted
+            if member in archive.namelist():
+                files[wanted] = archive.read(member)
+    module, config, pre = loading_hf.load_hf_classifier(files, filename)
+    labels = common.get("labels") or loading_hf.labels_of(config)
+    channels = int(config.get("num_channels", 3) or 3)
+    from .adapters.torch_adapter import TorchAdapter
+
+    settings = dict(common, labels=labels)
+    adapter = TorchAdapter(
+        module, source_format=source_format, input_size=(*pre.size, channels), layout="NCHW", **settings
+    )
+    if pre.preset is not None and common.get("preset") in (None, "unit"):
+        adapter.set_preset(pre.preset)
+    adapter.resize_mode = pre.resize_mode
+    adapter.resample = pre.resample
+    patch = config.get("patch_size")
+    if isinstance(patch, int) and patch > 1:
+        adapter.patch_size = patch
+    return adapter
+
+
+def folder_zip(path) -> bytes:
+    """A save_pretrained folder (the known files only) as zip bytes, for :func:`load_model`: one path for both."""
+    from pathlib import Path
+
+    folder = Path(path)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name in _HF_FILES:
+            if (folder / name).is_file():
+                archive.writestr(name, (folder / name).read_bytes())
+    return buffer.getvalue()
 
 
 def _zoo_architecture(architecture: str | None, filename: str):

@@ -72,3 +72,22 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise ParameterError(f"Unknown preprocessing preset {name!r}; choose one of {', '.join(PRESETS)}.") from None
+
+
+def mean_std_preset(
+    mean: tuple[float, ...], std: tuple[float, ...], *, rescale: float | None = 1 / 255, name: str = "model"
+) -> Preset:
+    """A model's own preset from its preprocessing config: pixels (times 255 * ``rescale``) then (x - mean) / std.
+
+    ``rescale=None`` leaves pixels in [0, 255] (a config with ``do_rescale: false``).
+    """
+    factor = 255.0 * rescale if rescale is not None else 255.0
+    mean = tuple(float(m) for m in mean)
+    std = tuple(float(s) for s in std)
+    fmt = lambda values: ", ".join(f"{v:g}" for v in values)  # noqa: E731
+    return Preset(
+        name,
+        f"the model's own: [0, {factor:g}] then (x - mean) / std with mean ({fmt(mean)}) and std ({fmt(std)})",
+        tuple(factor / s for s in std),
+        tuple(-m / s for m, s in zip(mean, std)),
+    )

@@ -179,6 +179,7 @@ class ModelAdapter(abc.ABC):
         self.source_format = source_format
         self.input_size = tuple(int(v) for v in input_size)
         self.preset: Preset = get_preset(preset)
+        self.own_preset: Preset | None = None  # a model's own preprocessing (a Hugging Face preprocessor config)
         self.fingerprint = fingerprint
         self.layout = layout
         self._labels = tuple(labels) if labels else None
@@ -344,8 +345,15 @@ class ModelAdapter(abc.ABC):
             raise ModelRejected(f"The labels file has {len(labels)} labels but the model has {self.num_classes} classes.")
         self._labels = tuple(labels) if labels else None
 
-    def set_preset(self, preset: str) -> None:
-        self.preset = get_preset(preset)
+    def set_preset(self, preset: "str | Preset") -> None:
+        """A preset by name, or a model's own :class:`Preset` (kept as ``own_preset`` and chosen again by its name)."""
+        if isinstance(preset, Preset):
+            self.own_preset = preset
+            self.preset = preset
+        elif getattr(self, "own_preset", None) is not None and preset == self.own_preset.name:
+            self.preset = self.own_preset
+        else:
+            self.preset = get_preset(preset)
 
     def view(
         self, *, preset: str | None = None, labels: Sequence[str] | None = None, score: str | None = None

@@ -16,6 +16,7 @@ from . import (  # noqa: F401  (importing registers)
     expected_gradients,
     shap_partition,
     occlusion,
+    attention_rollout,
 )
 from .base import REGISTRY, Calls, Cost, Explainer, Param, get, names, register
 

@@ -34,14 +34,32 @@ class Occlusion(Explainer):
     paper = "https://arxiv.org/abs/1311.2901"
     signed = True
     params = (
-        Param("window", 16, int, "Window side in pixels.", minimum=1),
-        Param("stride", 8, int, "Step between windows in pixels.", minimum=1),
+        Param("window", 16, int, "Window side in pixels (left at 16 with stride 8: a vision transformer's patch size).", minimum=1),
+        Param("stride", 8, int, "Step between windows in pixels (left at 8 with window 16: a vision transformer's patch size).", minimum=1),
         Param("baseline", 0.0, float, "Pixel value in [0, 1] that fills the window (0 = black).", minimum=0.0, maximum=1.0),
     )
 
+    DEFAULT_WINDOW, DEFAULT_STRIDE = 16, 8
+
+    @classmethod
+    def with_patch_defaults(cls, adapter, params):
+        """On a vision transformer, window and stride left at their defaults become the patch size (one
+        window per patch token); the result records the values used."""
+        given = dict(params or {})
+        window, stride = given.get("window"), given.get("stride")
+        if window not in (None, cls.DEFAULT_WINDOW) or stride not in (None, cls.DEFAULT_STRIDE):
+            return given
+        patch = adapter.token_patch_size()
+        if patch:
+            given["window"] = given["stride"] = patch
+        return given
+
+    def explain(self, adapter, batch, targets=None, *, params=None, **kwargs):
+        return super().explain(adapter, batch, targets, params=self.with_patch_defaults(adapter, params), **kwargs)
+
     @classmethod
     def cost(cls, adapter, params=None, background_size=0):
-        p = cls.normalise_params(params)
+        p = cls.normalise_params(cls.with_patch_defaults(adapter, params))
         h, w = adapter.input_size[:2]
         windows = len(window_starts(h, p["window"], p["stride"])) * len(window_starts(w, p["window"], p["stride"]))
         return Cost(forward=windows + 1, backward=0)

@@ -136,7 +136,12 @@ def test_expected_gradients_additivity_shrinks_with_samples(shapes_twins, sample
 
 
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "shap" else n for n in explainers.names()]
+    "name",
+    [
+        pytest.param(n, marks=pytest.mark.slow) if n == "shap" else n
+        for n in explainers.names()
+        if not getattr(explainers.REGISTRY[n], "needs_attention", False)  # transformers only
+    ],
 )
 def test_twins_give_the_same_map(name, shapes_twins, samples):
     batch, labels = samples

@@ -245,6 +245,24 @@ class ModelAdapter(abc.ABC):
         """True for the framework's device out-of-memory error."""
         return False
 
+    def attention_maps(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Per-layer attention weights [N, heads, tokens, tokens] (softmax rows), first layer first.
+
+        Only models that expose their attention (Hugging Face transformers loaded by the workbench)
+        have them; the others raise LayerError.
+        """
+        raise LayerError("This model does not expose attention weights; attention rollout needs a vision transformer.")
+
+    def token_patch_size(self) -> int | None:
+        """The patch side in pixels of a vision transformer (from its config, else its token layers); None for others."""
+        explicit = getattr(self, "patch_size", None)
+        if explicit:
+            return int(explicit)
+        for layer in self.layers():
+            if layer.prefix_tokens is not None and layer.spatial:
+                return self.input_size[0] // layer.output_shape[0]
+        return None
+
     def free_memory(self) -> None:
         """Release cached device memory after an out-of-memory error."""
 

@@ -304,6 +304,16 @@ class TorchAdapter(ModelAdapter):
         twin.fingerprint = f"{self.fingerprint}|randomised:{len(names)}:{seed}"
         return twin
 
+    def attention_maps(self, batch: np.ndarray) -> list[np.ndarray]:
+        attentions = getattr(self.module, "attentions", None)
+        if not callable(attentions):
+            return super().attention_maps(batch)
+        with self.lock, torch.inference_mode():
+            found = attentions(self._to_tensor(batch))
+        if not found:
+            return super().attention_maps(batch)
+        return [a.float().cpu().numpy() for a in found]
+
     def parameter_count(self) -> int:
         return int(sum(p.numel() for p in self.module.parameters()))
 

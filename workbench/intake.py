@@ -54,6 +54,7 @@ MODEL_FORMATS: dict[str, str] = {
     "pickled_module": "pickled PyTorch nn.Module (trusted formats only)",
     "savedmodel": "TensorFlow SavedModel (not supported)",
     "huggingface": "Hugging Face image classifier (zip of config.json + model.safetensors)",
+    "torch_export": "torch.export program (.pt2) with standard operators and no pickled objects",
 }
 
 REEXPORT = (
@@ -215,6 +216,10 @@ def _sniff_zip(data: bytes, filename: str, settings: Settings) -> _Sniffed:
         return _Sniffed("state_dict", names)
     if _hf_folder(names) is not None:
         return _Sniffed("huggingface", names)
+    if any(re.search(r"(^|/)archive_format$", name) for name in names) and any(
+        re.search(r"(^|/)models/[^/]+\.json$", name) for name in names
+    ):
+        return _Sniffed("torch_export", names)
     if "config.json" in basenames and basenames & set(_HF_PICKLED):
         raise UnsupportedFormat(
             f"{filename} looks like a Hugging Face folder without model.safetensors (its weights are pickled, "
@@ -765,6 +770,14 @@ def _load(
         module = loading_torch.load_torchscript_trusted(data, filename)
         adapter = _torch_adapter(module, source_format or fmt, input_size, "NCHW", common)
 
+    elif fmt == "torch_export":
+        check_torch_export(data, filename)
+        from .adapters import loading_torch
+
+        module = loading_torch.load_exported_program(data, filename)
+        size = tuple(input_size) if input_size else module.input_size
+        adapter = _torch_adapter(module, source_format or fmt, size, "NCHW", common)
+
     elif fmt == "huggingface":
         adapter = _load_huggingface(data, sniffed.detail, filename, source_format or fmt, device, common)
 
@@ -789,6 +802,70 @@ def _load(
     size_checks.check_tensor_sizes([size_checks.input_tensor(adapter.input_size)], filename, settings)
     adapter.validate()
     return adapter
+
+
+# ====================================================================== torch.export programs
+# torch.export.load (torch 2.13, torch/export/pt2_archive/_package.py and torch/_export/serde/serialize.py)
+# runs code from the file on these paths, so a program is accepted only when it takes none of them:
+# * weights / constants with ``use_pickle`` -> torch.load(weights_only=False); custom objects -> pickle.loads;
+# * sample inputs that fail torch.load(weights_only=True) -> a retry with weights_only=False;
+# * data/aotinductor/ -> a compiled shared library is loaded;
+# * guards_code -> exec() when the module is built;
+# * symbolic expressions -> sympy.sympify(), which evaluates the string;
+# * operator names resolved by getattr from ``torch`` (``torch.os.system`` resolves too).
+_PT2_OPERATORS = ("torch.ops.aten.", "torch.ops.prims.", "_operator.")
+_PT2_SYMPY_TOKENS = re.compile(
+    r"Symbol\('s\d+'(?:, (?:positive|integer|nonnegative)=True)*\)|Integer\(-?\d+\)"
+    r"|(?:Add|Mul|Max|Min|FloorDiv|PythonMod|Mod|CleanDiv|CeilToInt|IntTrueDiv)\(|[(), ]|-?\d+"
+)
+PT2_HOW = "export it again with torch.export.export(model, (x,)) and torch.export.save(program, 'model.pt2') using standard layers"
+
+
+def check_torch_export(data: bytes, filename: str) -> None:
+    """Refuse a .pt2 archive unless torch.export.load would read it without unpickling objects or running its code."""
+
+    def refuse(why: str):
+        return TrustedFormatRequired(
+            f"{filename} is a torch.export program that {why}, which torch.export.load would run on the server; "
+            f"{PT2_HOW}, or upload it as ONNX (torch.onnx.export) {TRUSTED_HINT}."
+        )
+
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        names = archive.namelist()
+        if any("/data/aotinductor/" in f"/{name}" for name in names):
+            raise refuse("holds AOTInductor compiled code (a shared library)")
+        programs = [name for name in names if re.search(r"(^|/)models/[^/]+\.json$", name)]
+        if not programs:
+            raise UnsupportedFormat(f"{filename} is a .pt2 archive without a program (models/*.json); {PT2_HOW}.")
+        for name in names:
+            if re.search(r"(^|/)data/(weights|constants)/[^/]+_config\.json$", name):
+                config = _parse_config(archive.read(name), filename, name)
+                for key, entry in (config.get("config") or {}).items() if isinstance(config, dict) else ():
+                    if not isinstance(entry, dict) or entry.get("use_pickle") or "tensor_meta" not in entry:
+                        raise refuse(f"stores {key!r} as a pickled Python object")
+        for name in programs:
+            program = _parse_config(archive.read(name), filename, name)
+            if program.get("guards_code"):
+                raise refuse("carries guard code (Python source)")
+            _check_pt2_node(program, filename, refuse)
+
+
+def _check_pt2_node(node: Any, filename: str, refuse) -> None:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("target", "as_operator") and isinstance(value, str) and not value.startswith(_PT2_OPERATORS):
+                raise refuse(f"calls {value[:80]!r}, outside the standard ATen operators")
+            if key in ("custom_obj_values", "as_custom_obj") and value:
+                raise refuse("holds custom objects (pickled)")
+            if key == "expr_str" and isinstance(value, str) and _PT2_SYMPY_TOKENS.sub("", value):
+                raise refuse("has a shape expression that is not plain arithmetic on sizes")
+            if key == "range_constraints" and isinstance(value, dict) and any(not re.fullmatch(r"s\d+", k) for k in value):
+                raise refuse("has a shape expression that is not plain arithmetic on sizes")
+            if key != "metadata":  # stack traces and module paths are text torch never evaluates
+                _check_pt2_node(value, filename, refuse)
+    elif isinstance(node, list):
+        for item in node:
+            _check_pt2_node(item, filename, refuse)
 
 
 # ====================================================================== Hugging Face folders

@@ -256,3 +256,72 @@ def onnx_to_torch(model_proto: Any, filename: str) -> "torch.nn.Module":
             f"{filename} could not be converted from ONNX ({type(exc).__name__}: {_first_line(exc)}); "
             "re-export it with torch.onnx.export(model, x, 'model.onnx')."
         ) from None
+
+
+# ---------------------------------------------------------------- torch.export programs
+class ExportedClassifier(torch.nn.Module):
+    """A torch.export program as ``nn.Module``; a program exported for a fixed batch runs that batch at a time."""
+
+    def __init__(self, program_module: "torch.nn.Module", batch: int | None, input_size: tuple[int, int, int]):
+        super().__init__()
+        self.program = program_module
+        self.batch = batch
+        self.input_size = input_size
+
+    def train(self, mode: bool = True) -> "ExportedClassifier":
+        # an exported program is always in the mode it was exported in (torch refuses train() on it)
+        self.training = mode
+        return self
+
+    def forward(self, x: "torch.Tensor") -> "torch.Tensor":
+        if not self.batch or x.shape[0] == self.batch:
+            return self.program(x)
+        if x.shape[0] % self.batch:
+            pad = self.batch - x.shape[0] % self.batch
+            x = torch.cat([x, x[-1:].expand(pad, *x.shape[1:])])
+            return self.forward(x)[:-pad]
+        return torch.cat([self.program(part) for part in x.split(self.batch)])
+
+
+def load_exported_program(data: bytes, filename: str) -> ExportedClassifier:
+    """``torch.export.load`` on an archive :func:`workbench.intake.check_torch_export` passed.
+
+    The sample inputs are read here with ``weights_only=True`` first: torch's loader would retry a
+    failure with ``weights_only=False``, so a file whose sample inputs need that is refused instead.
+    """
+    import zipfile
+
+    from ..errors import TrustedFormatRequired
+
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        samples = [n for n in archive.namelist() if re.search(r"(^|/)data/sample_inputs/[^/]+\.pt$", n)]
+        for name in samples:
+            raw = archive.read(name)
+            if not raw:
+                continue
+            try:
+                torch.load(io.BytesIO(raw), weights_only=True)
+            except Exception:
+                raise TrustedFormatRequired(
+                    f"{filename} is a torch.export program whose sample inputs are pickled Python objects, which "
+                    f"torch.export.load would unpickle on the server; export it again with plain tensor inputs "
+                    f"{TRUSTED_HINT}."
+                ) from None
+    try:
+        program = torch.export.load(io.BytesIO(data))
+    except Exception as exc:
+        raise UnsupportedFormat(
+            f"{filename} could not be loaded as a torch.export program ({type(exc).__name__}: {_first_line(exc)}); "
+            "export it again with torch.export.save(torch.export.export(model, (x,)), 'model.pt2')."
+        ) from None
+    inputs = [spec for spec in program.graph_signature.input_specs if spec.kind.name == "USER_INPUT"]
+    if len(inputs) != 1:
+        raise UnsupportedFormat(f"{filename} takes {len(inputs)} inputs; an image classifier takes one image batch.")
+    placeholder = next(node for node in program.graph.nodes if node.op == "placeholder" and node.name == inputs[0].arg.name)
+    shape = tuple(placeholder.meta["val"].shape)
+    if len(shape) != 4:
+        raise UnsupportedFormat(f"{filename} takes a {len(shape)}-D input; an image classifier takes [N, C, H, W].")
+    static = [int(s) if isinstance(s, int) else None for s in shape]
+    if None in static[1:]:
+        raise UnsupportedFormat(f"{filename} has a dynamic image size; export it with a fixed C x H x W (only the batch dynamic).")
+    return ExportedClassifier(program.module(), static[0], (static[2], static[3], static[1]))

@@ -151,9 +151,29 @@ class TorchAdapter(ModelAdapter):
         idx = torch.as_tensor(np.asarray(targets, dtype=np.int64), device=out.device)
         return out.gather(1, idx[:, None]).sum()
 
-    def _get_module(self, layer: str) -> "torch.nn.Module":
+    def _no_hooks_reason(self) -> str | None:
         if isinstance(self.module, torch.jit.ScriptModule):
-            raise LayerError("TorchScript models expose no layers; for CAM methods upload a state_dict or an ONNX export.")
+            return (
+                "TorchScript models take no Python hooks, so CAM methods (which read a layer's activations) cannot "
+                "run; gradient and perturbation methods do. For CAM methods upload an ONNX export or a state_dict."
+            )
+        if type(self.module).__name__ == "ExportedClassifier":
+            return (
+                "A torch.export program is one flat graph without layers to hook, so CAM methods cannot run; gradient "
+                "and perturbation methods do. For CAM methods upload an ONNX export (torch.onnx.export)."
+            )
+        return None
+
+    def default_cam_layer(self) -> str:
+        reason = self._no_hooks_reason()
+        if reason:
+            raise LayerError(reason)
+        return super().default_cam_layer()
+
+    def _get_module(self, layer: str) -> "torch.nn.Module":
+        reason = self._no_hooks_reason()
+        if reason:
+            raise LayerError(reason)
         try:
             return self._modules[layer]
         except KeyError:
@@ -232,7 +252,7 @@ class TorchAdapter(ModelAdapter):
 
     def _trace_layers(self) -> list[LayerInfo]:
         self._forms = {}
-        if isinstance(self.module, torch.jit.ScriptModule):
+        if self._no_hooks_reason():
             return []  # compiled modules take no Python hooks: gradient methods work, layer (CAM) methods do not
         records: dict[str, LayerInfo] = {}
         counter = [0]

@@ -14,7 +14,7 @@ import streamlit as st
 from pages import charts
 from workbench import render, session, sharing
 from workbench.errors import WorkbenchError
-from workbench.result import Attribution, Comparison
+from workbench.result import Attribution, Comparison, ExplainedImage
 from workbench.settings import get_settings
 
 NORMALISATIONS = {
@@ -119,16 +119,21 @@ def _enlarge(image: np.ndarray) -> np.ndarray:
     return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1) if factor > 1 else image
 
 
-def picture(pixels: np.ndarray, result: Attribution, display: Display, scale: float | None) -> np.ndarray:
-    """uint8 RGB of one map: overlaid on the image, or alone."""
+def picture(pixels, result: Attribution, display: Display, scale: float | None) -> np.ndarray:
+    """uint8 RGB of one map: overlaid on the image, or alone (raw: the model-resolution map).
+
+    ``pixels`` is an array, or an ExplainedImage: then the overlay is drawn on the original image at its
+    own size and aspect ratio, the map mapped back through the resize it went through.
+    """
     signed = result.signed and not display.positive_only
     cmap = display.diverging if signed else display.cmap
     if display.raw:
         values = render.normalise(result.map, result.signed, scale, display.positive_only)
         image = (render.colormap(values, cmap, signed) * 255).round().astype(np.uint8)
     else:
+        pixels, shown = pixels.display(result.map) if isinstance(pixels, ExplainedImage) else (pixels, result.map)
         image = render.overlay(
-            pixels, result.map, signed=result.signed, cmap=cmap, alpha=display.opacity, scale=scale,
+            pixels, shown, signed=result.signed, cmap=cmap, alpha=display.opacity, scale=scale,
             positive_only=display.positive_only,
         )
     return _enlarge(image)
@@ -163,7 +168,8 @@ def grid(
         top[-1].markdown("**Agreement**")
     for i, ((caption, pixels), row, row_scales) in enumerate(zip(images, results, scales(results, display))):
         cols = st.columns(widths, vertical_alignment="top")
-        cols[0].image(_enlarge(render.to_uint8(pixels)), caption=caption, width="stretch")
+        shown = (pixels.original if pixels.original is not None else pixels.pixels) if isinstance(pixels, ExplainedImage) else pixels
+        cols[0].image(_enlarge(render.to_uint8(shown)), caption=caption, width="stretch")
         if downloads:
             name, data = downloads[i]
             cols[0].download_button(
@@ -204,7 +210,7 @@ def comparison_view(comparison: Comparison, display: Display, *, scope: str) -> 
     titles = [method_title(m) for m in comparison.methods]
     grid(
         titles,
-        [(f"{im.name} · {im.target_label}", im.pixels) for im in comparison.images],
+        [(f"{im.name} · {im.target_label}", im) for im in comparison.images],
         comparison.results,
         display,
         # built when clicked, not on every rerun

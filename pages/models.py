@@ -136,6 +136,13 @@ with settings_col:
         "probabilities: the softmax output. Every result records which one it explains.",
     )
     attempt(lambda: session.set_score(record, score), "score", "models_score_notice", then=lambda: None)
+    resize = st.segmented_control(
+        "Other aspect ratios", ["stretch", "center-crop", "letterbox"], default=record.adapter.resize_mode, required=True,
+        key=f"models_resize_{record.id}",
+        help="How an image that is not the model's shape fits its input: stretched, the centre cropped, or padded. "
+        "Overlays are drawn on the original image either way.",
+    )
+    attempt(lambda: session.set_resize(record, resize), "resize", "models_score_notice", then=lambda: None)
     if st.session_state.get("models_score_notice"):
         st.error(st.session_state["models_score_notice"], icon=":material/block:")
     labels_file = st.file_uploader("Labels file (one per line, or JSON)", key=f"models_labels_{record.id}", type=["txt", "json", "csv"])

@@ -33,10 +33,31 @@ def versions() -> dict[str, str]:
     return found
 
 
+def placement_for(adapter: ModelAdapter, image: LoadedImage):
+    """Where the image lands in the model's input under the adapter's resize mode (a :class:`~workbench.resize.Placement`)."""
+    from .resize import place
+
+    return place(image.pixels.shape[:2], adapter.input_size[:2], getattr(adapter, "resize_mode", "stretch"))
+
+
 def to_model_pixels(adapter: ModelAdapter, image: LoadedImage) -> np.ndarray:
     """The image as the model sees it, before the preset: [0, 1], the model's H x W and channels."""
     h, w, c = adapter.input_size
-    pixels = image.pixels
+    pixels = _with_channels(image.pixels, c)
+    mode = getattr(adapter, "resize_mode", "stretch")
+    if mode == "stretch":
+        return resize_for_model(pixels, (h, w))
+    from .resize import apply_placement
+
+    return apply_placement(pixels, placement_for(adapter, image), resize_for_model)
+
+
+def original_pixels(adapter: ModelAdapter, image: LoadedImage) -> np.ndarray:
+    """The image at its own size with the model's channels: what overlays are drawn on."""
+    return _with_channels(image.pixels, adapter.input_size[2]).astype(np.float32)
+
+
+def _with_channels(pixels: np.ndarray, c: int) -> np.ndarray:
     if pixels.shape[-1] != c:
         if c == 1:
             pixels = pixels @ np.array([0.299, 0.587, 0.114], np.float32)[:, None]
@@ -44,7 +65,7 @@ def to_model_pixels(adapter: ModelAdapter, image: LoadedImage) -> np.ndarray:
             pixels = np.repeat(pixels, 3, axis=-1)
         else:
             raise ParameterError(f"The model takes {c} channels; images have {pixels.shape[-1]}.")
-    return resize_for_model(pixels, (h, w))
+    return pixels
 
 
 def model_inputs(adapter: ModelAdapter, images: Sequence[LoadedImage]) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +181,10 @@ def run_comparison(
         progress(1.0, "done")
     labels = adapter.labels
     explained = tuple(
-        ExplainedImage(name=im.name, sha256=im.sha256, pixels=pixels[i], target=chosen[i], target_label=labels[chosen[i]], notes=im.notes)
+        ExplainedImage(
+            name=im.name, sha256=im.sha256, pixels=pixels[i], target=chosen[i], target_label=labels[chosen[i]], notes=im.notes,
+            original=original_pixels(adapter, im), placement=placement_for(adapter, im).as_dict(),
+        )
         for i, im in enumerate(images)
     )
     info = adapter.info()

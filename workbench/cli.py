@@ -24,13 +24,17 @@ log = logging.getLogger("workbench")
 
 
 # ---------------------------------------------------------------------------- helpers
-def open_model(spec: str, *, architecture=None, preprocess=None, labels_path=None, device="auto", input_size=None, score=None):
+def open_model(
+    spec: str, *, architecture=None, preprocess=None, labels_path=None, device="auto", input_size=None, score=None, resize=None
+):
     """A model file path or a zoo name -> (adapter, model bytes or None); ``score``: logits / probabilities."""
     adapter, data = _open_model(
         spec, architecture=architecture, preprocess=preprocess, labels_path=labels_path, device=device, input_size=input_size
     )
     if score:
         adapter.set_score(score)
+    if resize:
+        adapter.set_resize_mode(resize)
     return adapter, data
 
 
@@ -120,7 +124,7 @@ class ProgressBar:
 
 # ---------------------------------------------------------------------------- commands
 def cmd_inspect(args) -> int:
-    adapter, _ = open_model(args.model, architecture=args.architecture, preprocess=args.preprocess, labels_path=args.labels, device=args.device, score=args.score)
+    adapter, _ = open_model(args.model, architecture=args.architecture, preprocess=args.preprocess, labels_path=args.labels, device=args.device, score=args.score, resize=args.resize)
     info = adapter.info()
     layers = adapter.layers()
     try:
@@ -137,6 +141,8 @@ def cmd_inspect(args) -> int:
         "classes": info.num_classes,
         "labels": list(info.labels),
         "output": info.output_kind,
+        "softmax_head": info.softmax_head,
+        "resize_mode": info.resize_mode,
         "parameters": info.parameters,
         "device": info.device,
         "fingerprint": info.fingerprint,
@@ -161,7 +167,7 @@ def cmd_inspect(args) -> int:
 def cmd_predict(args) -> int:
     from .analysis import model_inputs
 
-    adapter, _ = open_model(args.model, architecture=args.architecture, preprocess=args.preprocess, labels_path=args.labels, device=args.device, score=args.score)
+    adapter, _ = open_model(args.model, architecture=args.architecture, preprocess=args.preprocess, labels_path=args.labels, device=args.device, score=args.score, resize=args.resize)
     images = read_images(args.images, adapter.input_size[2])
     _, batch = model_inputs(adapter, images)
     outputs = adapter.predict(batch)
@@ -193,7 +199,7 @@ def cmd_explain(args) -> int:
         explainers.get(m)  # unknown names fail before anything loads
     params = parse_params(args.params, args.methods)
     adapter, model_bytes = open_model(
-        args.model, architecture=args.architecture, preprocess=args.preprocess, labels_path=args.labels, device=args.device, score=args.score
+        args.model, architecture=args.architecture, preprocess=args.preprocess, labels_path=args.labels, device=args.device, score=args.score, resize=args.resize
     )
     images = read_images(args.images, adapter.input_size[2])
     background = read_images(args.background, adapter.input_size[2]) if args.background else None
@@ -215,11 +221,16 @@ def cmd_explain(args) -> int:
         for result in results:
             file = out / f"{stem}__{result.method}.npy"
             np.save(file, result.map)
+            # the map on the original image's pixels, mapped back through the resize (stretch / crop / letterbox)
+            original_file = out / f"{stem}__{result.method}__original.npy"
+            np.save(original_file, image.display(result.map)[1])
             rows.append(
                 {
                     "image": image.name,
                     "method": result.method,
                     "file": str(file),
+                    "file_original": str(original_file),
+                    "placement": dict(image.placement) if image.placement else None,
                     **{k: v for k, v in result.summary().items() if k not in ("method", "model_fingerprint", "image_fingerprint", "shape")},
                     "image_sha256": image.sha256,
                 }
@@ -481,6 +492,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--preprocess", choices=list(PRESETS), help="preprocessing preset (default: unit, or the zoo model's)")
         p.add_argument("--labels", help="labels file: .txt one per line, or .json list/dict")
         p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+        p.add_argument(
+            "--resize", choices=["stretch", "center-crop", "letterbox"],
+            help="how an image of another aspect ratio fits the input (default: the preprocessing config's, else stretch)",
+        )
         p.add_argument(
             "--score", choices=["logits", "probabilities"],
             help="what to explain (default: logits where a final softmax can be peeled off, else the model's output)",

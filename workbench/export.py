@@ -59,8 +59,9 @@ class GridLayout:
 def grid_layout(comparison: Comparison) -> GridLayout:
     if not comparison.images:
         raise ParameterError("The comparison has no images to export.")
-    h = max(int(im.pixels.shape[0]) for im in comparison.images)
-    w = max(int(im.pixels.shape[1]) for im in comparison.images)
+    shown = [im.original if im.original is not None else im.pixels for im in comparison.images]
+    h = max(int(pixels.shape[0]) for pixels in shown)
+    w = max(int(pixels.shape[1]) for pixels in shown)
     scale = max(1, math.ceil(MIN_CELL / max(h, w)))
     return GridLayout(len(comparison.images), 1 + len(comparison.methods), (h, w), scale, (h * scale, w * scale))
 
@@ -118,12 +119,13 @@ def grid_png(
         draw.text((x, (HEADER - FONT_SIZE) // 2 - 1), _fit(draw, title, font, cell_w), fill=(20, 20, 20), font=font)
     for row, (image, results) in enumerate(zip(comparison.images, comparison.results)):
         scale = _row_scale(results, shared_scale, positive_only)
-        cells = [render.to_uint8(image.pixels)]
+        cells = [render.to_uint8(image.original if image.original is not None else image.pixels)]
         for attribution in results:
+            pixels, shown = image.display(attribution.map)  # on the original image where it is known
             cells.append(
                 render.overlay(
-                    image.pixels,
-                    attribution.map,
+                    pixels,
+                    shown,
                     signed=attribution.signed,
                     cmap=cmap,
                     alpha=alpha,
@@ -144,7 +146,8 @@ def attributions_npz(comparison: Comparison) -> bytes:
     """All arrays in one ``.npz``, loadable with ``np.load(..., allow_pickle=False)``.
 
     Keys: ``<i>__<method>__map`` (H x W), ``<i>__<method>__channels`` (H x W x C, where the method
-    has per-channel values), ``<i>__pixels`` (the display pixels), plus ``methods`` (names in
+    has per-channel values), ``<i>__pixels`` (the model-input pixels), ``<i>__original`` and
+    ``<i>__<method>__map_original`` (the image at its own size, the map mapped back onto it), plus ``methods`` (names in
     column order) and ``targets`` (one class index per image). ``<i>`` is the image's index.
     """
     arrays: dict[str, np.ndarray] = {
@@ -153,8 +156,12 @@ def attributions_npz(comparison: Comparison) -> bytes:
     }
     for i, (image, results) in enumerate(zip(comparison.images, comparison.results)):
         arrays[f"{i}__pixels"] = np.asarray(image.pixels)
+        if image.original is not None and image.placement:
+            arrays[f"{i}__original"] = np.asarray(image.original)
         for attribution in results:
             arrays[f"{i}__{attribution.method}__map"] = attribution.map
+            if image.original is not None and image.placement:
+                arrays[f"{i}__{attribution.method}__map_original"] = image.display(attribution.map)[1]
             if attribution.channels is not None:
                 arrays[f"{i}__{attribution.method}__channels"] = attribution.channels
     buffer = io.BytesIO()

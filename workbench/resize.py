@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -68,3 +69,99 @@ def gaussian_blur(images: np.ndarray, sigma: float) -> np.ndarray:
             acc += weight * np.take(padded, np.arange(k, k + length), axis=axis)
         out = acc
     return out.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- aspect ratio
+RESIZE_MODES = ("stretch", "center-crop", "letterbox")
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where an original image lands in the model's input: model = original * scale + offset.
+
+    Coordinates are continuous, in pixels, with pixel edges at integers (so pixel i's centre is i + 0.5).
+    ``resized`` is the size the whole original is resized to before the crop (centre-crop) or the
+    padding (letterbox); stretch resizes straight to the model's size.
+    """
+
+    mode: str
+    original: tuple[int, int]  # H, W
+    model: tuple[int, int]  # H, W
+    resized: tuple[int, int]
+    scale: tuple[float, float]  # y, x
+    offset: tuple[float, float]  # y, x (negative: cropped away; positive: padding)
+
+    def as_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, value) -> "Placement":
+        return cls(
+            mode=str(value["mode"]),
+            **{k: tuple(value[k]) for k in ("original", "model", "resized", "scale", "offset")},
+        )
+
+
+def place(original: tuple[int, int], model: tuple[int, int], mode: str = "stretch") -> Placement:
+    """The placement of an ``original`` (H, W) image in a ``model`` (H, W) input under a resize mode."""
+    from .errors import ParameterError
+
+    h, w = int(original[0]), int(original[1])
+    big_h, big_w = int(model[0]), int(model[1])
+    if mode == "stretch":
+        resized, offset = (big_h, big_w), (0.0, 0.0)
+    elif mode in ("center-crop", "letterbox"):
+        factor = (max if mode == "center-crop" else min)(big_h / h, big_w / w)
+        resized = (max(1, int(round(h * factor))), max(1, int(round(w * factor))))
+        if mode == "center-crop":
+            resized = (max(resized[0], big_h), max(resized[1], big_w))
+            offset = (-float((resized[0] - big_h) // 2), -float((resized[1] - big_w) // 2))
+        else:
+            resized = (min(resized[0], big_h), min(resized[1], big_w))
+            offset = (float((big_h - resized[0]) // 2), float((big_w - resized[1]) // 2))
+    else:
+        raise ParameterError(f"Unknown resize mode {mode!r}; use {', '.join(RESIZE_MODES)}.")
+    return Placement(mode, (h, w), (big_h, big_w), resized, (resized[0] / h, resized[1] / w), offset)
+
+
+def apply_placement(pixels: np.ndarray, placement: Placement, resize, fill: float = 0.0) -> np.ndarray:
+    """[H, W, C] original pixels -> the model's H x W: ``resize(pixels, size)`` to the resized size, then crop or pad."""
+    resized = resize(pixels, placement.resized)
+    big_h, big_w = placement.model
+    oy, ox = int(placement.offset[0]), int(placement.offset[1])
+    if placement.mode == "center-crop":
+        return np.ascontiguousarray(resized[-oy : -oy + big_h, -ox : -ox + big_w])
+    if placement.mode == "letterbox":
+        out = np.full((big_h, big_w, resized.shape[2]), fill, dtype=np.float32)
+        out[oy : oy + resized.shape[0], ox : ox + resized.shape[1]] = resized
+        return out
+    return resized
+
+
+def _inverse_axis(length: int, model_length: int, scale: float, offset: float) -> np.ndarray:
+    """[length, model_length] bilinear sampling of the model axis at each original pixel's mapped centre;
+    rows of original pixels that fall outside the model's input (cropped away) are zero."""
+    matrix = np.zeros((length, model_length), dtype=np.float32)
+    centres = (np.arange(length, dtype=np.float64) + 0.5) * scale + offset - 0.5  # in model pixel-index units
+    for i, pos in enumerate(centres):
+        if pos < -0.5 or pos > model_length - 0.5:
+            continue
+        pos = min(max(pos, 0.0), model_length - 1.0)
+        lo = int(np.floor(pos))
+        hi = min(lo + 1, model_length - 1)
+        frac = pos - lo
+        matrix[i, lo] += 1.0 - frac
+        matrix[i, hi] += frac
+    return matrix
+
+
+def to_original(model_map: np.ndarray, placement: Placement) -> np.ndarray:
+    """A model-resolution map [h, w] (or [h, w, c]) drawn back on the original image's pixels, through the
+    placement: each original pixel takes the map's bilinear value where the pixel landed in the model's input,
+    and 0 where it was cropped away."""
+    arr = np.asarray(model_map, dtype=np.float32)
+    rows = _inverse_axis(placement.original[0], arr.shape[0], placement.scale[0], placement.offset[0])
+    cols = _inverse_axis(placement.original[1], arr.shape[1], placement.scale[1], placement.offset[1])
+    if arr.ndim == 2:
+        return rows @ arr @ cols.T
+    return np.einsum("ih,hwc,jw->ijc", rows, arr, cols).astype(np.float32)

@@ -94,6 +94,19 @@ class ExplainedImage:
     target: int
     target_label: str
     notes: tuple[str, ...] = ()
+    # The image at its own size and aspect ratio, and where it landed in the model's input
+    # (workbench.resize.Placement as a dict): overlays are drawn on it, the map mapped back.
+    original: np.ndarray | None = None
+    placement: Mapping[str, Any] | None = None
+
+    def display(self, attribution_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(pixels, map) to draw: the original image and the map mapped back onto it when known,
+        else the model-resolution pixels and the raw map."""
+        if self.original is None or self.placement is None:
+            return self.pixels, attribution_map
+        from workbench.resize import Placement, to_original
+
+        return self.original, to_original(attribution_map, Placement.from_dict(self.placement))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -133,6 +146,7 @@ class Comparison:
                     "target": im.target,
                     "target_label": im.target_label,
                     "notes": list(im.notes),
+                    "placement": dict(im.placement) if im.placement else None,
                     "results": [r.summary() for r in row],
                 }
                 for im, row in zip(self.images, self.results)

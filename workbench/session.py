@@ -153,18 +153,21 @@ class LoadedModel:
     labels: tuple[str, ...] | None = None  # None: the base adapter's labels
     labels_file: str | None = None
     score: str | None = None  # None: the base adapter's (logits where a softmax can be peeled off)
+    resize: str | None = None  # None: the base adapter's resize mode (a preprocessor config's, else stretch)
     forward_seconds: float | None = None
     data: bytes | None = dataclasses.field(default=None, repr=False)  # the uploaded file, saved with each run for re-running
 
     def reconfigure(self) -> None:
         self.adapter = configured(self.base, preset=self.preset, labels=self.labels, score=self.score)
+        if self.resize is not None:
+            self.adapter.set_resize_mode(self.resize)
         self.forward_seconds = None
 
     @property
     def identity(self) -> str:
         """Everything that decides this model's outputs and labels, hashed: part of every result key."""
         return digest(
-            [self.key.text, self.base.fingerprint, self.adapter.preset.name, list(self.adapter.labels), self.adapter.output_kind]
+            [self.key.text, self.base.fingerprint, self.adapter.preset.name, list(self.adapter.labels), self.adapter.output_kind, self.adapter.resize_mode]
         )
 
 
@@ -368,6 +371,14 @@ def set_score(record: LoadedModel, score: str) -> None:
     if score != record.adapter.output_kind:
         record.adapter.view(score=score)  # refuses before anything changes
         record.score = score
+        record.reconfigure()
+
+
+def set_resize(record: LoadedModel, mode: str) -> None:
+    """How images of another aspect ratio fit this model: stretch, center-crop or letterbox."""
+    if mode != record.adapter.resize_mode:
+        record.adapter.view(resize=mode)  # refuses an unknown mode before anything changes
+        record.resize = mode
         record.reconfigure()
 
 
@@ -748,7 +759,7 @@ def model_pixels(ws: Workspace, record: LoadedModel, entry: ImageEntry) -> np.nd
     """The image resized to the model's input (for display under the maps), cached per size."""
     from .analysis import to_model_pixels
 
-    key = f"{record.adapter.input_size}/{entry.id}"
+    key = f"{record.adapter.input_size}/{record.adapter.resize_mode}/{entry.id}"
     found = ws.pixels.get(key)
     if found is None:
         found = to_model_pixels(record.adapter, entry.image)
@@ -758,6 +769,8 @@ def model_pixels(ws: Workspace, record: LoadedModel, entry: ImageEntry) -> np.nd
 
 def cached_comparison(ws: Workspace, record: LoadedModel, entries: Sequence[ImageEntry], work: Plan, seed: int) -> Comparison | None:
     """The comparison from cached results only; None when any pair is missing. Calls no explainer."""
+    from .analysis import original_pixels, placement_for
+
     rows = []
     for i, entry in enumerate(entries):
         row = []
@@ -777,6 +790,8 @@ def cached_comparison(ws: Workspace, record: LoadedModel, entries: Sequence[Imag
             target=work.targets[i],
             target_label=labels[work.targets[i]],
             notes=e.image.notes,
+            original=original_pixels(adapter, e.image),
+            placement=placement_for(adapter, e.image).as_dict(),
         )
         for i, e in enumerate(entries)
     )

@@ -270,6 +270,8 @@ class RunStore:
             if image_bytes is not None:
                 blobs[f"image/{i}"] = clean_image_png(image_bytes[i], image.name, self.settings)
             blobs[f"pixels/{i}"] = _npy(np.asarray(image.pixels))
+            if image.original is not None:
+                blobs[f"original/{i}"] = _npy(np.asarray(image.original))
             for j, attribution in enumerate(comparison.results[i]):
                 blobs[f"map/{i}/{j}"] = _npy(attribution.map)
                 if attribution.channels is not None:
@@ -372,6 +374,8 @@ class RunStore:
                     target=item["target"],
                     target_label=item["target_label"],
                     notes=tuple(item.get("notes", ())),
+                    original=array(f"original/{i}") if f"original/{i}" in refs else None,
+                    placement=item.get("placement"),
                 )
             )
             results.append(

@@ -98,6 +98,7 @@ class ModelInfo:
     fingerprint: str  # sha256 of the model bytes (or zoo name + weights hash)
     score: str = "logits"  # what the methods explain: "logits" (pre-softmax) or "probabilities"
     softmax_head: bool = False  # the model ends in a softmax the workbench can peel off
+    resize_mode: str = "stretch"  # how an image of another aspect ratio fits the input: stretch | center-crop | letterbox
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +181,7 @@ class ModelAdapter(abc.ABC):
         self.input_size = tuple(int(v) for v in input_size)
         self.preset: Preset = get_preset(preset)
         self.own_preset: Preset | None = None  # a model's own preprocessing (a Hugging Face preprocessor config)
+        self.resize_mode = "stretch"  # see workbench.resize.place; a preprocessor config may ask for center-crop
         self.fingerprint = fingerprint
         self.layout = layout
         self._labels = tuple(labels) if labels else None
@@ -373,8 +375,21 @@ class ModelAdapter(abc.ABC):
         else:
             self.preset = get_preset(preset)
 
+    def set_resize_mode(self, mode: str) -> None:
+        from ..resize import RESIZE_MODES
+        from ..errors import ParameterError
+
+        if mode not in RESIZE_MODES:
+            raise ParameterError(f"Unknown resize mode {mode!r}; use {', '.join(RESIZE_MODES)}.")
+        self.resize_mode = mode
+
     def view(
-        self, *, preset: str | None = None, labels: Sequence[str] | None = None, score: str | None = None
+        self,
+        *,
+        preset: str | None = None,
+        labels: Sequence[str] | None = None,
+        score: str | None = None,
+        resize: str | None = None,
     ) -> "ModelAdapter":
         """The same loaded model with another preset, labels and/or score (None: keep this one's).
 
@@ -389,6 +404,8 @@ class ModelAdapter(abc.ABC):
             view.with_labels(labels)
         if score is not None:
             view.set_score(score)
+        if resize is not None:
+            view.set_resize_mode(resize)
         return view
 
     def layers(self) -> tuple[LayerInfo, ...]:
@@ -426,6 +443,7 @@ class ModelAdapter(abc.ABC):
             fingerprint=self.fingerprint,
             score=self.output_kind,
             softmax_head=self.softmax_head,
+            resize_mode=self.resize_mode,
         )
 
     def prepare(self, unit_images: np.ndarray) -> np.ndarray:

@@ -42,10 +42,13 @@ def build(model_type: str, seed: int = 0):
     import transformers
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
 
+    from workbench.adapters.loading_hf import _without_torchvision_stand_in
+
     name, kwargs = TINY[model_type]
     config = getattr(transformers, name)(num_labels=len(LABELS), id2label=LABELS, label2id={v: k for k, v in LABELS.items()}, **kwargs)
     classes = MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES[model_type]
-    cls = getattr(transformers, classes[0] if isinstance(classes, (list, tuple)) else classes)
+    with _without_torchvision_stand_in():  # an ONNX test earlier in the run may have put it in place
+        cls = getattr(transformers, classes[0] if isinstance(classes, (list, tuple)) else classes)
     torch.manual_seed(seed)
     model = cls(config).eval()
     with torch.no_grad():  # some inits scale norms by 0.02: with random weights the signal would vanish

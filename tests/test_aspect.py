@@ -144,3 +144,15 @@ def test_saved_run_keeps_the_original_and_the_placement(tmp_path, monkeypatch):
     image = loaded.images[0]
     assert image.original.shape == (100, 200, 3) and dict(image.placement)["mode"] == "center-crop"
     np.testing.assert_allclose(image.display(loaded.results[0][0].map)[1], comparison.images[0].display(comparison.results[0][0].map)[1])
+
+
+def test_resampling_filter_of_the_model_is_used():
+    from workbench.images import resize_for_model
+
+    adapter = one_pixel_adapter("stretch")
+    image = wide_image()
+    bilinear = analysis.to_model_pixels(adapter, image)
+    adapter.resample = "bicubic"
+    bicubic = analysis.to_model_pixels(adapter, image)
+    np.testing.assert_allclose(bicubic, resize_for_model(image.pixels, (MODEL, MODEL), "bicubic"))
+    assert not np.allclose(bicubic, bilinear)

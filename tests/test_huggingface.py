@@ -135,3 +135,53 @@ def test_every_architecture_through_the_apps_uploader(folders):
         assert ws.model.name == f"{name}.zip" and ws.model.adapter.info().source_format == "huggingface"
         assert ws.model.adapter.labels == ("cat", "dog", "bird")
         assert any("✓" in str(row) for row in at.dataframe[-1].value.to_dict("records")), (name, "default CAM layer marked")
+
+
+@pytest.mark.parametrize(
+    "pre, mode, fraction, resample",
+    [
+        ({"size": {"shortest_edge": 32}, "crop_pct": 0.875, "resample": 3}, "center-crop", 0.875, "bicubic"),  # ConvNeXt
+        ({"size": {"shortest_edge": 36}, "do_center_crop": True, "crop_size": {"height": 32, "width": 32}, "resample": 3},
+         "center-crop", 32 / 36, "bicubic"),  # DeiT / ResNet processors
+        ({"size": {"height": 32, "width": 32}, "resample": 2}, "stretch", 1.0, "bilinear"),  # ViT
+    ],
+)
+def test_preprocessor_config_sets_size_resize_mode_crop_and_filter(folders, tmp_path, pre, mode, fraction, resample):
+    import shutil
+
+    folder = tmp_path / "convnext"
+    shutil.copytree(folders["convnext"], folder)
+    config = dict(hf_tiny.PREPROCESSOR, **pre)
+    config.pop("size") if "size" not in pre else None
+    (folder / "preprocessor_config.json").write_text(json.dumps(config))
+    adapter = intake.load_model(intake.folder_zip(folder), filename="c.zip", device="cpu")
+    assert adapter.input_size == (32, 32, 3)
+    assert (adapter.resize_mode, adapter.resample) == (mode, resample)
+    assert adapter.crop_fraction == pytest.approx(fraction)
+    placement = analysis.placement_for(adapter, load_image(image_to_png_bytes(np.zeros((100, 200, 3), np.float32)), "w.png"))
+    if mode == "center-crop":
+        short = int(32 / fraction)  # transformers: int(size / crop_pct), the long side floored
+        assert placement.resized == (short, int(short * 200 / 100))
+        assert placement.offset == (-float((short - 32) // 2), -float((2 * short - 32) // 2))
+    assert adapter.info().resize_mode == mode
+
+
+def test_a_hugging_face_model_loads_after_an_onnx_conversion(folders):
+    """ONNX conversion puts a torchvision stand-in in sys.modules, and transformers caches "torchvision is here"
+    when asked while it is: a fresh process, as a server that converted an ONNX model first."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "from workbench.adapters import loading_torch\n"
+        "loading_torch.ensure_torchvision()\n"
+        "from transformers.utils import import_utils\n"
+        "assert import_utils.is_torchvision_available()\n"  # the stand-in answered, and the answer is cached
+        "from workbench import intake\n"
+        f"adapter = intake.load_model(intake.folder_zip({str(folders['vit'])!r}), filename='vit.zip', device='cpu')\n"
+        "print(adapter.default_cam_layer())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=str(root))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("layernorm_before")

@@ -37,7 +37,10 @@ def placement_for(adapter: ModelAdapter, image: LoadedImage):
     """Where the image lands in the model's input under the adapter's resize mode (a :class:`~workbench.resize.Placement`)."""
     from .resize import place
 
-    return place(image.pixels.shape[:2], adapter.input_size[:2], getattr(adapter, "resize_mode", "stretch"))
+    return place(
+        image.pixels.shape[:2], adapter.input_size[:2], getattr(adapter, "resize_mode", "stretch"),
+        crop_fraction=getattr(adapter, "crop_fraction", 1.0),
+    )
 
 
 def to_model_pixels(adapter: ModelAdapter, image: LoadedImage) -> np.ndarray:
@@ -45,11 +48,12 @@ def to_model_pixels(adapter: ModelAdapter, image: LoadedImage) -> np.ndarray:
     h, w, c = adapter.input_size
     pixels = _with_channels(image.pixels, c)
     mode = getattr(adapter, "resize_mode", "stretch")
+    resample = getattr(adapter, "resample", "bilinear")  # a preprocessor config's (bicubic for many)
     if mode == "stretch":
-        return resize_for_model(pixels, (h, w))
+        return resize_for_model(pixels, (h, w), resample)
     from .resize import apply_placement
 
-    return apply_placement(pixels, placement_for(adapter, image), resize_for_model)
+    return apply_placement(pixels, placement_for(adapter, image), lambda p, size: resize_for_model(p, size, resample))
 
 
 def original_pixels(adapter: ModelAdapter, image: LoadedImage) -> np.ndarray:

@@ -272,8 +272,8 @@ def _to_unit_float(im, channels: int, background: tuple[int, int, int], notes: l
     return np.ascontiguousarray(np.clip(base, 0.0, 1.0), dtype=np.float32)
 
 
-def resize_for_model(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of float pixels to ``size`` = (H, W).
+def resize_for_model(pixels: np.ndarray, size: tuple[int, int], resample: str = "bilinear") -> np.ndarray:
+    """Bilinear (or ``resample``: nearest, bicubic, lanczos, box, hamming) resize of float pixels to ``size`` = (H, W).
 
     Each channel is resized in Pillow's 32-bit float mode, so values keep full precision;
     Pillow widens the bilinear kernel when shrinking, which antialiases. H x W x C input
@@ -297,7 +297,7 @@ def resize_for_model(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
             [
                 np.asarray(
                     Image.fromarray(np.ascontiguousarray(arr[..., c])).resize(
-                        (width, height), Image.Resampling.BILINEAR
+                        (width, height), Image.Resampling[resample.upper()]
                     ),
                     dtype=np.float32,
                 )

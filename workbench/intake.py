@@ -912,6 +912,7 @@ def _load_huggingface(data: bytes, names: Sequence[str], filename: str, source_f
         adapter.set_preset(pre.preset)
     adapter.resize_mode = pre.resize_mode
     adapter.resample = pre.resample
+    adapter.crop_fraction = pre.crop_fraction
     patch = config.get("patch_size")
     if isinstance(patch, int) and patch > 1:
         adapter.patch_size = patch

@@ -102,8 +102,12 @@ class Placement:
         )
 
 
-def place(original: tuple[int, int], model: tuple[int, int], mode: str = "stretch") -> Placement:
-    """The placement of an ``original`` (H, W) image in a ``model`` (H, W) input under a resize mode."""
+def place(original: tuple[int, int], model: tuple[int, int], mode: str = "stretch", crop_fraction: float = 1.0) -> Placement:
+    """The placement of an ``original`` (H, W) image in a ``model`` (H, W) input under a resize mode.
+
+    ``crop_fraction`` (centre-crop): the share of the resized image's short side the crop keeps, as
+    image processors' ``crop_pct`` (ConvNeXt: resize the short side to 224 / 0.875, crop 224).
+    """
     from .errors import ParameterError
 
     h, w = int(original[0]), int(original[1])
@@ -113,6 +117,12 @@ def place(original: tuple[int, int], model: tuple[int, int], mode: str = "stretc
     elif mode in ("center-crop", "letterbox"):
         factor = (max if mode == "center-crop" else min)(big_h / h, big_w / w)
         resized = (max(1, int(round(h * factor))), max(1, int(round(w * factor))))
+        if mode == "center-crop" and big_h == big_w:
+            # as transformers' image processors: the short side to int(size / crop_pct), the long side
+            # to int(short * long / short) (floored), then the centre crop
+            short = int(big_h / crop_fraction) if 0 < crop_fraction < 1 else big_h
+            long_side = int(short * max(h, w) / min(h, w))
+            resized = (short, long_side) if h <= w else (long_side, short)
         if mode == "center-crop":
             resized = (max(resized[0], big_h), max(resized[1], big_w))
             offset = (-float((resized[0] - big_h) // 2), -float((resized[1] - big_w) // 2))

@@ -182,6 +182,8 @@ class ModelAdapter(abc.ABC):
         self.preset: Preset = get_preset(preset)
         self.own_preset: Preset | None = None  # a model's own preprocessing (a Hugging Face preprocessor config)
         self.resize_mode = "stretch"  # see workbench.resize.place; a preprocessor config may ask for center-crop
+        self.crop_fraction = 1.0  # centre-crop: share of the short side kept (a preprocessor config's crop_pct)
+        self.resample = "bilinear"  # resizing filter (a preprocessor config's resample)
         self.fingerprint = fingerprint
         self.layout = layout
         self._labels = tuple(labels) if labels else None

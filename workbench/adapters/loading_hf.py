@@ -13,10 +13,12 @@ and every method work on it unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any, Mapping
 
@@ -45,6 +47,7 @@ class HFPreprocessing:
     resample: str
     resize_mode: str  # "stretch" (resize to H x W) or "center-crop" (shortest edge, then crop)
     notes: tuple[str, ...] = ()
+    crop_fraction: float = 1.0  # centre-crop: the crop's share of the resized short side
 
 
 class HFClassifier(torch.nn.Module):
@@ -135,12 +138,16 @@ def read_preprocessing(pre: Mapping[str, Any] | None, config: Mapping[str, Any])
     crop = _size(pre.get("crop_size")) if pre.get("do_center_crop") else None
     size_entry = pre.get("size")
     shortest = isinstance(size_entry, dict) and "shortest_edge" in size_entry and "height" not in size_entry
-    size = crop or _size(size_entry) or image_size
-    if shortest and not crop and "crop_pct" in pre and size[0] < 384:
-        notes.append(f"crop_pct {pre['crop_pct']}: the image's centre crop is resized to {size[0]} px")
+    resized = _size(size_entry)
+    size = crop or resized or image_size
+    fraction = 1.0
+    if crop and shortest and resized and resized[0] > crop[0]:
+        fraction = crop[0] / resized[0]  # DeiT: short side to 256, centre crop 224
+    elif shortest and not crop and pre.get("crop_pct") and size[0] < 384:
+        fraction = float(pre["crop_pct"])  # ConvNeXt: short side to 224 / crop_pct, centre crop 224
     mode = "center-crop" if crop or shortest else "stretch"
     resample = RESAMPLE.get(pre.get("resample", 2), "bilinear") if isinstance(pre.get("resample", 2), int) else "bilinear"
-    return HFPreprocessing(preset, size, resample, mode, tuple(notes))
+    return HFPreprocessing(preset, size, resample, mode, tuple(notes), fraction)
 
 
 def labels_of(config: Mapping[str, Any]) -> list[str] | None:
@@ -154,6 +161,33 @@ def labels_of(config: Mapping[str, Any]) -> list[str] | None:
     if sorted(by_index) != list(range(len(by_index))):
         return None
     return [by_index[i] for i in range(len(by_index))]
+
+
+@contextlib.contextmanager
+def _without_torchvision_stand_in():
+    """transformers decides at import whether torchvision is there (importlib.util.find_spec) and then imports
+    torchvision.transforms; the stand-in that ONNX conversion puts in sys.modules (see loading_torch) would
+    answer yes. It is taken out while transformers imports a model's modules, and put back."""
+    from . import loading_torch
+
+    with loading_torch._stub_lock:
+        module = sys.modules.get("torchvision")
+        stand_in = module is not None and getattr(module, "__file__", None) is None and "Stand-in" in (module.__doc__ or "")
+        saved = {}
+        if stand_in:
+            saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "torchvision" or k.startswith("torchvision.")}
+        if stand_in:
+            # transformers caches its answer (lru_cache): asked once while the stand-in was there, it stays yes
+            from transformers.utils import import_utils
+
+            for check in ("is_torchvision_available", "is_torchvision_v2_available"):
+                cached = getattr(import_utils, check, None)
+                if hasattr(cached, "cache_clear"):
+                    cached.cache_clear()
+        try:
+            yield
+        finally:
+            sys.modules.update(saved)
 
 
 def load_hf_classifier(files: Mapping[str, bytes], filename: str) -> tuple[HFClassifier, dict[str, Any], HFPreprocessing]:
@@ -171,31 +205,33 @@ def load_hf_classifier(files: Mapping[str, bytes], filename: str) -> tuple[HFCla
         raise UnsafeModel(f"{filename}: preprocessor_config.json names custom code; {SAVE_HINT} with a built-in processor.")
     preprocessing = read_preprocessing(pre, config)
 
-    import transformers
-    from transformers import AutoModelForImageClassification
-
-    transformers.utils.logging.disable_progress_bar()
-
     directory = tempfile.mkdtemp(prefix="workbench-hf-")  # mode 0700
     try:
         for name in (CONFIG, WEIGHTS):  # fixed names: the archive's own paths never reach the file system
             with open(os.path.join(directory, name), "xb") as fh:
                 fh.write(files[name])
-        try:
-            model, info = AutoModelForImageClassification.from_pretrained(
-                directory,
-                local_files_only=True,
-                use_safetensors=True,
-                trust_remote_code=False,
-                attn_implementation="eager",  # attention weights for rollout; same maths as the fused kernels
-                output_loading_info=True,
-            )
-        except WorkbenchError:
-            raise
-        except Exception as exc:
-            text = str(exc).strip()
-            line = text.splitlines()[0][:200] if text else type(exc).__name__
-            raise UnsupportedFormat(f"transformers could not load {filename} ({type(exc).__name__}: {line}); {SAVE_HINT}.") from None
+        with _without_torchvision_stand_in():
+            import transformers
+            from transformers import AutoModelForImageClassification
+
+            transformers.utils.logging.disable_progress_bar()
+            try:
+                model, info = AutoModelForImageClassification.from_pretrained(
+                    directory,
+                    local_files_only=True,
+                    use_safetensors=True,
+                    trust_remote_code=False,
+                    attn_implementation="eager",  # attention weights for rollout; same maths as the fused kernels
+                    output_loading_info=True,
+                )
+            except WorkbenchError:
+                raise
+            except Exception as exc:
+                text = str(exc).strip()
+                line = text.splitlines()[0][:200] if text else type(exc).__name__
+                raise UnsupportedFormat(
+                    f"transformers could not load {filename} ({type(exc).__name__}: {line}); {SAVE_HINT}."
+                ) from None
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     if not isinstance(model, torch.nn.Module):

@@ -181,3 +181,48 @@ def test_gradcam_on_swin_tokens_and_convnext_channels_last(loaded, tmp_path):
     assert norms, "pointwise Linear layers on [N, H, W, C] are spatial layers"
     passed = convnext.layer_gradients(convnext.test_input(1), norms[-1].name, [0])
     assert passed.activations.shape[1:] == norms[-1].output_shape
+
+
+def keras_tiny_vit(blocks: int = 2):
+    """A flat Keras ViT: 8 px patches of a 32 px image (4 x 4), a class token in front, pre-norm blocks."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((32, 32, 3))
+    patches = layers.Reshape((16, 16), name="tokens")(layers.Conv2D(16, 8, strides=8, name="patch_embed")(inp))
+    cls = layers.Reshape((1, 16), name="cls")(layers.Dense(16, name="cls_proj")(layers.GlobalAveragePooling1D(name="cls_pool")(patches)))
+    x = layers.Concatenate(axis=1, name="with_cls")([cls, patches])
+    for b in range(blocks):
+        h = layers.LayerNormalization(name=f"b{b}_norm1")(x)
+        x = layers.Add(name=f"b{b}_add1")([x, layers.MultiHeadAttention(2, 8, name=f"b{b}_attn")(h, h)])
+        h = layers.LayerNormalization(name=f"b{b}_norm2")(x)
+        x = layers.Add(name=f"b{b}_add2")([x, layers.Dense(16, activation="gelu", name=f"b{b}_mlp")(h)])
+    x = layers.LayerNormalization(name="final_norm")(x)
+    head = layers.Dense(3, name="head")(layers.Flatten(name="flat")(layers.Cropping1D((0, 16), name="take_cls")(x)))
+    return keras.Model(inp, head)
+
+
+def test_keras_token_layers_and_gradcam_as_pytorch_grad_cam_computes_it():
+    import tensorflow as tf
+
+    from workbench.adapters.keras_adapter import KerasAdapter
+
+    model = keras_tiny_vit()
+    adapter = KerasAdapter(model, name="kvit", source_format="test", device="cpu")
+    assert adapter.default_cam_layer() == "b1_norm1"
+    info = adapter.layer("b1_norm1")
+    assert info.prefix_tokens == 1 and info.output_shape == (4, 4, 16)
+    batch = adapter.test_input(2, seed=4)
+    (result, _) = explainers.get("gradcam").explain(adapter, batch, [1, 2])
+    # by hand: gradients of the class score at the layer's tokens, class token dropped, on the 4 x 4 grid
+    sub = tf.keras.Model(model.inputs, [model.get_layer("b1_norm1").output, model.output])
+    with tf.GradientTape() as tape:
+        act, out = sub(batch[:1])
+        score = out[0, 1]
+    grads = tape.gradient(score, act).numpy()[0, 1:].reshape(4, 4, 16)
+    act = act.numpy()[0, 1:].reshape(4, 4, 16)
+    cam = np.maximum((act * grads.mean(axis=(0, 1))).sum(-1), 0)
+    from workbench.resize import bilinear_resize
+
+    np.testing.assert_allclose(result.map, bilinear_resize(cam[None], (32, 32))[0], rtol=1e-4, atol=1e-7)

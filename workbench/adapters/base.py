@@ -147,7 +147,12 @@ def _last_block_first_norm(layers: Sequence[LayerInfo]) -> str | None:
     if not blocks:
         return None
     last_block = max(blocks, key=lambda found: found[-1].order)
-    return last_block[0].name
+    # A pre-norm block has two norms (before attention, before the MLP). Blocks nested as modules
+    # give one group per block; a flat model gives one group of all blocks' norms, where an odd
+    # last one is the final norm after the blocks.
+    if len(last_block) % 2 and len(last_block) >= 3:
+        return last_block[-3].name
+    return last_block[-2].name
 
 
 SCORES = ("logits", "probabilities")

@@ -155,3 +155,29 @@ def test_score_is_in_summary_json_the_saved_run_and_the_export(tmp_path, monkeyp
         assert saved.results[0][0].score == score
         if score == "probabilities":
             assert 0 < summary["results"][0]["target_score"] < 1
+
+
+@pytest.mark.slow
+def test_models_page_sets_score_and_resize_mode(tmp_path):
+    import keras
+    from streamlit.testing.v1 import AppTest
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp))
+    keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="fc")(x)).save(tmp_path / "soft.keras")
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    at = AppTest.from_file(str(root / "app.py"), default_timeout=180).run()
+    at.switch_page("pages/models.py").run()
+    at.file_uploader(key="models_upload").set_value(("soft.keras", (tmp_path / "soft.keras").read_bytes(), "application/octet-stream")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    record = at.session_state["workspace"].model
+    assert record.adapter.output_kind == "logits" and record.adapter.softmax_head
+    score_key = f"models_score_{record.id}"
+    resize_key = f"models_resize_{record.id}"
+    at.segmented_control(key=score_key).set_value("probabilities").run()
+    at.segmented_control(key=resize_key).set_value("letterbox").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    record = at.session_state["workspace"].model
+    assert record.adapter.output_kind == "probabilities" and record.adapter.resize_mode == "letterbox"
+    assert any("probabilities" in str(row) for row in at.dataframe[0].value.to_dict("records"))

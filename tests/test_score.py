@@ -181,3 +181,25 @@ def test_models_page_sets_score_and_resize_mode(tmp_path):
     record = at.session_state["workspace"].model
     assert record.adapter.output_kind == "probabilities" and record.adapter.resize_mode == "letterbox"
     assert any("probabilities" in str(row) for row in at.dataframe[0].value.to_dict("records"))
+
+
+@pytest.mark.parametrize("opset", [11, 17])
+def test_onnx_final_softmax_is_peeled(opset, tmp_path):
+    import io
+
+    import torch
+
+    from workbench.intake import load_model
+
+    torch.manual_seed(0)
+    body = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    buffer = io.BytesIO()
+    torch.onnx.export(torch.nn.Sequential(body, torch.nn.Softmax(dim=1)), (torch.rand(1, 3, 16, 16),), buffer, dynamo=False,
+                      opset_version=opset, input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    adapter = load_model(buffer.getvalue(), filename="soft.onnx", device="cpu")
+    assert adapter.softmax_head and adapter.output_kind == "logits"
+    batch = adapter.test_input(2)
+    with torch.no_grad():
+        expected = body(torch.from_numpy(batch).permute(0, 3, 1, 2)).numpy()
+    np.testing.assert_allclose(adapter.predict(batch), expected, rtol=1e-5, atol=1e-6)
+    assert adapter.info().score == "logits"

@@ -146,6 +146,8 @@ def read_preprocessing(pre: Mapping[str, Any] | None, config: Mapping[str, Any])
     elif shortest and not crop and pre.get("crop_pct") and size[0] < 384:
         fraction = float(pre["crop_pct"])  # ConvNeXt: short side to 224 / crop_pct, centre crop 224
     mode = "center-crop" if crop or shortest else "stretch"
+    if shortest and not crop and pre.get("crop_pct") and size[0] >= 384:
+        mode = "stretch"  # ConvNeXt's processor resizes straight to size x size from 384 px on
     resample = RESAMPLE.get(pre.get("resample", 2), "bilinear") if isinstance(pre.get("resample", 2), int) else "bilinear"
     return HFPreprocessing(preset, size, resample, mode, tuple(notes), fraction)
 

@@ -203,3 +203,22 @@ def test_onnx_final_softmax_is_peeled(opset, tmp_path):
         expected = body(torch.from_numpy(batch).permute(0, 3, 1, 2)).numpy()
     np.testing.assert_allclose(adapter.predict(batch), expected, rtol=1e-5, atol=1e-6)
     assert adapter.info().score == "logits"
+
+
+def test_randomised_copy_of_a_softmax_headed_keras_model_explains_its_own_logits():
+    import keras
+
+    from workbench.adapters.keras_adapter import KerasAdapter
+
+    keras.utils.set_random_seed(4)
+    inp = keras.Input((16, 16, 3))
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp))
+    adapter = KerasAdapter(keras.Model(inp, keras.layers.Dense(3, activation="softmax", name="fc")(x)), name="m", source_format="t", device="cpu")
+    batch = adapter.test_input(2)
+    original = adapter.predict(batch)
+    twin = adapter.randomised_copy(len(adapter.randomisable_layers()), seed=1)
+    out = twin.predict(batch)
+    assert twin.output_kind == "logits" and not np.allclose(out, original)
+    probs = twin.model.predict(batch, verbose=0)  # the clone's own softmax output
+    np.testing.assert_allclose(np.exp(out) / np.exp(out).sum(1, keepdims=True), probs, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(adapter.predict(batch), original)  # the original is untouched

@@ -281,8 +281,17 @@ class ModelAdapter(abc.ABC):
         unit = rng.random((n, *self.input_size), dtype=np.float32)
         return self.preset.apply(unit)
 
+    _validating = False
+
     def validate(self) -> None:
         """Raise ModelRejected unless a test input gives finite [batch, classes] outputs."""
+        self._validating = True
+        try:
+            self._validate()
+        finally:
+            self._validating = False
+
+    def _validate(self) -> None:
         try:
             out = self.predict(self.test_input(2))
         except ModelRejected:
@@ -355,6 +364,8 @@ class ModelAdapter(abc.ABC):
 
     def _score_transform(self) -> str:
         """How outputs become the score: "peel" (return the softmax's input), "softmax" (add one) or ""."""
+        if self.score is None and not self._validating:
+            self._ensure_validated()  # the first model call decides the score, whatever call it is
         if self.score is None:
             return ""
         if self.score == "logits" and self._output_kind == "probabilities":

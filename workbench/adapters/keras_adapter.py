@@ -361,8 +361,10 @@ class KerasAdapter(ModelAdapter):
         twin.model = clone
         twin._layers_by_path = layers
         twin.lock = threading.RLock()
-        twin._predict_fn = tf.function(twin._predict_graph, reduce_retracing=True)
-        twin._grad_fn = tf.function(twin._input_grad_graph, reduce_retracing=True)
+        twin._compiled = {}  # its own compiled functions: the original's trace the original model
+        if self._logits_head is not None:
+            twin._logits_head = None
+            twin._find_softmax_head()  # the clone's own features model and final layer
         twin.fingerprint = f"{self.fingerprint}|randomised:{len(names)}:{seed}"
         return twin
 

@@ -61,3 +61,12 @@ class UnsafeEnvironment(WorkbenchError):
 
 class RunNotFound(WorkbenchError):
     """A share link names no stored run."""
+
+
+class NonFiniteOutput(WorkbenchError):
+    """The model outputs NaN or Inf for an image; names the first layer (in forward order) that does."""
+
+    def __init__(self, message: str, *, layer: str | None = None, image: int | None = None):
+        super().__init__(message)
+        self.layer = layer
+        self.image = image

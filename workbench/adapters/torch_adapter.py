@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import threading
+import weakref
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from ..errors import LayerError, ModelRejected, ParameterError
-from .base import LayerInfo, LayerPass, ModelAdapter
+from .base import GraphNode, LayerGraph, LayerInfo, LayerPass, ModelAdapter, StatisticsPass, finish_moments, moments
 
 DEFAULT_INPUT_SIZE = (224, 224, 3)
 
@@ -228,6 +229,188 @@ class TorchAdapter(ModelAdapter):
         twin.lock = threading.RLock()
         twin.fingerprint = f"{self.fingerprint}|randomised:{len(names)}:{seed}"
         return twin
+
+    # ------------------------------------------------------------------ inspection: every layer at once
+    @staticmethod
+    def _moments_kwargs(output: "torch.Tensor") -> dict:
+        """Reduce one layer output [N, ...] in the framework; only [N, C] arrays go to the host.
+
+        The usual case (everything finite) takes per-channel sums, sums of squares, minima and maxima
+        and a count of non-zeros — single-pass vectorised reductions (std_mean's Welford loop costs
+        as much as the forward pass). NaN/Inf counts and finite-only statistics are computed only when
+        the sums show something not finite.
+        """
+        t = output.detach()
+        if not t.is_floating_point():
+            t = t.float()
+        n = t.shape[0]
+        if t.ndim == 1:
+            v = t.reshape(n, 1, 1)
+        elif t.ndim == 4:  # NCHW
+            v = t.reshape(n, t.shape[1], -1)
+        else:  # channels last: [N, F] or [N, T, D]
+            v = t.reshape(n, -1, t.shape[-1]).transpose(1, 2)
+        sums = torch.stack([v.sum(dim=2), torch.linalg.vector_norm(v, 2, dim=2), v.amin(dim=2), v.amax(dim=2)])
+        host = sums.double().cpu().numpy()
+        if np.all(np.isfinite(host)):
+            zeros = t.numel() - int(torch.count_nonzero(t))
+            return dict(
+                sums=(host[0], host[1] ** 2, v.shape[2]), zeros=zeros,
+                nan=np.zeros(n, dtype=np.int64), inf=np.zeros(n, dtype=np.int64),
+                cmin=host[2], cmax=host[3],
+                exact=lambda: torch.std_mean(t.double(), correction=0),
+            )
+        mask = torch.isfinite(v)
+        values = torch.where(mask, v, torch.zeros((), dtype=v.dtype, device=v.device)).double()
+        per_channel = mask.sum(dim=2)
+        cmax = torch.where(mask, v, torch.full((), -float("inf"), dtype=v.dtype, device=v.device)).amax(dim=2)
+        cmin = torch.where(mask, v, torch.full((), float("inf"), dtype=v.dtype, device=v.device)).amin(dim=2)
+        count = int(per_channel.sum())
+        mean = float(values.sum() / count) if count else None
+        std = float(torch.sqrt(torch.where(mask, (values - mean) ** 2, torch.zeros_like(values)).sum() / count)) if count else None
+        return dict(
+            finite=count, mean=mean, std=std, zeros=int((v == 0).sum()),
+            minimum=float(cmin.min()) if count else None, maximum=float(cmax.max()) if count else None,
+            nan=torch.isnan(v).reshape(n, -1).sum(dim=1).cpu().numpy(),
+            inf=torch.isinf(v).reshape(n, -1).sum(dim=1).cpu().numpy(),
+            channel_mean=(values.sum(dim=2) / per_channel.clamp(min=1)).cpu().numpy(),
+            cmin=torch.where(per_channel > 0, cmin, torch.zeros_like(cmin)).double().cpu().numpy(),
+            cmax=torch.where(per_channel > 0, cmax, torch.zeros_like(cmax)).double().cpu().numpy(),
+        )
+
+    @staticmethod
+    def _shape_channels_last(t: "torch.Tensor") -> tuple[int, ...]:
+        shape = tuple(int(s) for s in t.shape[1:])
+        return (shape[1], shape[2], shape[0]) if t.ndim == 4 else shape
+
+    def layer_statistics(self, batch, targets=None, *, gradients=True):
+        if isinstance(self.module, torch.jit.ScriptModule):
+            raise LayerError("TorchScript models expose no layers; upload a state_dict or an ONNX export to inspect them.")
+        x = self._to_tensor(batch)
+        with self.lock:
+            found = self._statistics_pass(x, targets, gradients, copies=False)
+            if found is None:  # an in-place op changed a kept output: again, handing copies on
+                found = self._statistics_pass(x, targets, gradients, copies=True)
+        found, aliases, norms, out, targets = found
+        layers = []
+        order = {name: i for i, name in enumerate(found)}
+        for name, source in aliases.items():  # containers come right after the child they end with
+            if source in found:
+                order[name] = order[source] + 0.5
+        for name in sorted(order, key=order.get):
+            source = aliases.get(name, name)
+            grad = norms.get(source) if gradients else None
+            if gradients and grad is None:
+                grad = np.zeros(len(batch))  # the output does not depend on it (or it needs no gradient)
+            layers.append(moments(name, grad_norm=grad, **found[source]))
+        return StatisticsPass(
+            outputs=out.detach().float().cpu().numpy(),
+            targets=np.asarray(targets, dtype=np.int64),
+            layers=tuple(layers),
+        )
+
+    def _statistics_pass(self, x, targets, gradients: bool, copies: bool):
+        """One forward (and backward) pass with a hook on every module; None when ``copies`` is off and an
+        in-place op overwrote an output whose gradient was wanted (``relu(inplace=True)`` after a norm).
+
+        Copying every output costs a pass over all activations, so it is done only for such models.
+        """
+        found: dict[str, dict] = {}  # name -> moments kwargs, in the order the layers finish
+        kept: dict[str, tuple] = {}  # name -> (output, its version), for the gradients
+        aliases: dict[str, str] = {}  # a container whose output is its last child's: name -> that child
+        made: dict[int, tuple] = {}  # id(tensor handed on) -> (layer, its version then, weak reference)
+
+        def make_hook(name):
+            def hook(_module, _inputs, output):
+                if not isinstance(output, torch.Tensor) or output.ndim == 0 or output.numel() == 0:
+                    return None
+                seen = made.get(id(output))
+                if seen is not None and seen[2]() is output and seen[1] == output._version:
+                    found.pop(name, None)
+                    aliases[name] = seen[0]
+                    return None
+                found.pop(name, None)  # a module called twice: its last call counts, in its place
+                aliases.pop(name, None)
+                found[name] = finish_moments(self._shape_channels_last(output), **self._moments_kwargs(output))
+                handed = output
+                if gradients and output.requires_grad:
+                    kept[name] = (output, output._version)
+                    if copies:  # the rest of the forward gets a copy, which in-place ops may change
+                        handed = output.clone()
+                made[id(handed)] = (name, handed._version, weakref.ref(handed))
+                return handed if handed is not output else None
+
+            return hook
+
+        handles = [m.register_forward_hook(make_hook(name)) for name, m in self.module.named_modules() if name]
+        try:
+            if not gradients:
+                with torch.no_grad():
+                    out = self._forward(x)
+                if targets is None:
+                    targets = out.argmax(dim=1).cpu().numpy()
+                return found, aliases, {}, out, targets
+            with torch.enable_grad():
+                x = x.detach().requires_grad_(True)  # so that layers without weights at the start are differentiable
+                out = self._forward(x)
+                if targets is None:
+                    targets = out.detach().argmax(dim=1).cpu().numpy()
+                if not copies and any(t._version != version for t, version in kept.values()):
+                    return None
+                names = list(kept)
+                grads = [None] * len(names)
+                if names and out.requires_grad:
+                    grads = torch.autograd.grad(self._target_sum(out, targets), [kept[k][0] for k in names], allow_unused=True)
+            norms = {
+                k: torch.linalg.vector_norm(g.detach().reshape(g.shape[0], -1), dim=1).double().cpu().numpy()
+                for k, g in zip(names, grads)
+                if g is not None
+            }
+            return found, aliases, norms, out, targets
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def layer_weights(self, layer):
+        module = self._get_module(layer)
+        named = list(module.named_parameters(recurse=False)) + list(module.named_buffers(recurse=False))
+        return {name: t.detach().float().cpu().numpy() for name, t in named if t.is_floating_point()}
+
+    def layer_graph(self):
+        if isinstance(self.module, torch.jit.ScriptModule):
+            return super().layer_graph()
+        from torch import fx
+
+        def own_size(module):
+            own = list(module.parameters(recurse=False)) + [b for b in module.buffers(recurse=False) if b.is_floating_point()]
+            return int(sum(t.numel() for t in own))
+
+        try:
+            traced = fx.symbolic_trace(self.module)
+        except Exception:  # noqa: BLE001 - data-dependent control flow: fall back to the order of the layers
+            return super().layer_graph()
+        nodes, edges, names = [], [], {}
+        for node in traced.graph.nodes:
+            if node.op == "placeholder":
+                names[node] = "input"
+                nodes.append(GraphNode("input", "Input", False, 0))
+            elif node.op == "output":
+                names[node] = "output"
+                nodes.append(GraphNode("output", "Output", False, 0))
+            elif node.op == "call_module":
+                module = traced.get_submodule(node.target)
+                names[node] = str(node.target)
+                nodes.append(GraphNode(str(node.target), type(module).__name__, True, sum(own_size(m) for m in module.modules())))
+            elif node.op == "get_attr":
+                continue
+            else:
+                target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
+                names[node] = node.name
+                nodes.append(GraphNode(node.name, str(target), False, 0))
+            for parent in node.all_input_nodes:
+                if parent in names:
+                    edges.append((names[parent], names[node]))
+        return LayerGraph(tuple(nodes), tuple(edges), traced=True)
 
     def parameter_count(self) -> int:
         return int(sum(p.numel() for p in self.module.parameters()))

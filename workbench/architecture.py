@@ -48,6 +48,17 @@ class Architecture:
         position = {n.name: i for i, n in enumerate(self.nodes)}
         return {(a, b) for a, b in self.edges if a in position and b in position and position[b] - position[a] > 1}
 
+    def node_for(self, layer: str | None) -> str | None:
+        """The graph node that draws ``layer``: itself, or for a block that is not a leaf (a PyTorch
+        ``Sequential`` or residual block, a nested Keras model) the last node inside it."""
+        if layer is None:
+            return None
+        names = [n.name for n in self.nodes]
+        if layer in names:
+            return layer
+        inside = [n for n in names if n.startswith((f"{layer}.", f"{layer}/"))]
+        return inside[-1] if inside else None
+
     def search(self, text: str) -> list[str]:
         """Layer names containing ``text`` (case-insensitive), in forward order."""
         needle = text.strip().lower()
@@ -75,18 +86,19 @@ def _prefix(name: str, depth: int) -> str:
 
 
 def block_keys(arch: Architecture) -> dict[str, str]:
-    """Node name -> block name, at the deepest name level that gives at most MAX_GROUPS blocks and
-    averages three or more layers a block.
-
-    Blocks follow the names' hierarchy (``layer3.1.conv2`` is in block ``layer3·1``); an operation
-    between layers belongs to the block of the layer it feeds.
-    """
-    layers = [n.name for n in arch.nodes if n.layer]
-    limit = max(1, min(MAX_GROUPS, len(layers) // 3))
-    best = {name: _prefix(name, 1) for name in layers}
-    for depth in range(2, 1 + max((len(_tokens(n)) for n in layers), default=1)):
-        keys = {name: _prefix(name, depth) for name in layers}
-        if len(set(keys.values())) > limit:
+    """Node name -> block name, at the deepest level of the names' hierarchy (``layer3.1.conv2`` is in block
+    ``layer3·1`` at depth 2) where the graph, with runs of identical blocks drawn once, keeps at most
+    MAX_GROUPS nodes and three or more layers a node. An operation between layers belongs to the block
+    of the layer it feeds."""
+    layer_nodes = [n for n in arch.nodes if n.layer]
+    limit = max(1, min(MAX_GROUPS, len(layer_nodes) // 3))
+    best = {n.name: _prefix(n.name, 1) for n in layer_nodes}
+    for depth in range(2, 1 + max((len(_tokens(n.name)) for n in layer_nodes), default=1)):
+        keys = {n.name: _prefix(n.name, depth) for n in layer_nodes}
+        members: dict[str, list[Node]] = {}
+        for n in layer_nodes:
+            members.setdefault(keys[n.name], []).append(n)
+        if len(_runs(members, set())) > limit:
             break
         best = keys
     following: dict[str, list[str]] = {}
@@ -129,10 +141,12 @@ def to_dot(
     search: str = "",
     collapse: bool | None = None,
 ) -> str:
-    """DOT text, top to bottom. ``selected`` is drawn filled (the CAM layer), search matches highlighted;
+    """DOT text, top to bottom. ``selected`` is drawn filled (the CAM layer; a block: its last node), search
+    matches highlighted;
     ``collapse`` (default: at COLLAPSE_FROM layers or more) draws one node per block, except blocks that
     hold the selected layer or a search match."""
     collapse = arch.layer_count >= COLLAPSE_FROM if collapse is None else collapse
+    selected = arch.node_for(selected)
     matches = set(arch.search(search))
     skips = arch.skips()
     lines = [

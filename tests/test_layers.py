@@ -346,7 +346,7 @@ def test_resnet_graph_shows_residual_branches(name):
 
 
 class Looping(torch.nn.Module):
-    """Data-dependent control flow: torch.fx cannot trace it."""
+    """Data-dependent control flow, which symbolic tracing (torch.fx) cannot follow."""
 
     def __init__(self):
         super().__init__()
@@ -360,10 +360,50 @@ class Looping(torch.nn.Module):
         return self.fc(x.mean(dim=(2, 3)))
 
 
-def test_untraceable_model_falls_back_to_layer_order():
-    arch = architecture.architecture(TorchAdapter(Looping(), name="loop", source_format="test", input_size=(8, 8, 3)))
-    assert not arch.traced
-    assert [n.name for n in arch.nodes] == ["input", "conv", "fc"] and arch.edges == (("input", "conv"), ("conv", "fc"))
+def test_graph_follows_data_dependent_control_flow_and_operations_between_layers():
+    torch.manual_seed(0)
+    module = Looping()
+    with torch.no_grad():
+        module.conv.bias.fill_(10.0)  # the branch is taken
+    arch = architecture.architecture(TorchAdapter(module, name="loop", source_format="test", input_size=(8, 8, 3)))
+    assert arch.traced
+    assert [n.name for n in arch.nodes] == ["input", "conv", "mul", "mean", "fc", "output"]
+    assert arch.edges == (("input", "conv"), ("conv", "mul"), ("mul", "mean"), ("mean", "fc"), ("fc", "output"))
+    assert arch.node_for("conv") == "conv" and arch.nodes[1].parameters == 3 * 3 * 3 * 4 + 4
+
+
+def test_a_model_without_hooks_is_drawn_in_layer_order():
+    scripted = torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()))
+    arch = architecture.architecture(TorchAdapter(scripted, name="script", source_format="test", input_size=(8, 8, 3)))
+    assert not arch.traced and [n.name for n in arch.nodes] == ["input"]
+
+
+def test_drawing_one_model_leaves_another_models_calls_alone():
+    """The graph is recorded with this model's hooks and a thread-local mode, nothing process-wide."""
+    import threading
+
+    drawn = TorchAdapter(torch_planted(), name="drawn", source_format="test", input_size=(12, 12, 3))
+    other = TorchAdapter(torch_planted(dead=(2,)), name="other", source_format="test", input_size=(12, 12, 3))
+    x = other.test_input(2)
+    expected = other.predict(x)
+    stop, seen, errors = threading.Event(), [], []
+
+    def predict_meanwhile():
+        while not stop.is_set():
+            try:
+                seen.append(np.array_equal(other.predict(x), expected))
+            except Exception as exc:  # noqa: BLE001 - what the test looks for
+                errors.append(exc)
+
+    worker = threading.Thread(target=predict_meanwhile)
+    worker.start()
+    try:
+        for _ in range(20):
+            drawn.layer_graph()
+    finally:
+        stop.set()
+        worker.join(timeout=60)
+    assert not errors and seen and all(seen)
 
 
 def test_large_model_collapses_repeated_blocks_and_search_expands():

@@ -377,40 +377,108 @@ class TorchAdapter(ModelAdapter):
         return {name: t.detach().float().cpu().numpy() for name, t in named if t.is_floating_point()}
 
     def layer_graph(self):
+        """The dataflow between leaf modules, recorded on one forward pass of a test input.
+
+        Hooks on the leaf modules (this model's only, under its lock) see each module's input and output
+        tensors; a ``TorchFunctionMode`` (thread-local) sees the operations between modules — the ``+`` of a
+        residual block, ``flatten`` — so branches are real edges. ``torch.fx`` tracing is not used: it patches
+        ``nn.Module.__call__`` for every model in the process while it runs.
+        """
         if isinstance(self.module, torch.jit.ScriptModule):
             return super().layer_graph()
-        from torch import fx
+        from torch.overrides import TorchFunctionMode
 
-        def own_size(module):
-            own = list(module.parameters(recurse=False)) + [b for b in module.buffers(recurse=False) if b.is_floating_point()]
-            return int(sum(t.numel() for t in own))
+        producer: dict[int, str] = {}  # id(tensor) -> the node that made it
+        alive: list = []  # every tensor seen, so that ids stay unique during the pass
+        nodes = [GraphNode("input", "Input", False, 0)]
+        edges: list[tuple[str, str]] = []
+        inside: list[str] = []  # the leaf module running now (operations inside it are its own)
+        counts: dict[str, int] = {}
 
-        try:
-            traced = fx.symbolic_trace(self.module)
-        except Exception:  # noqa: BLE001 - data-dependent control flow: fall back to the order of the layers
-            return super().layer_graph()
-        nodes, edges, names = [], [], {}
-        for node in traced.graph.nodes:
-            if node.op == "placeholder":
-                names[node] = "input"
-                nodes.append(GraphNode("input", "Input", False, 0))
-            elif node.op == "output":
-                names[node] = "output"
-                nodes.append(GraphNode("output", "Output", False, 0))
-            elif node.op == "call_module":
-                module = traced.get_submodule(node.target)
-                names[node] = str(node.target)
-                nodes.append(GraphNode(str(node.target), type(module).__name__, True, sum(own_size(m) for m in module.modules())))
-            elif node.op == "get_attr":
-                continue
-            else:
-                target = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
-                names[node] = node.name
-                nodes.append(GraphNode(node.name, str(target), False, 0))
-            for parent in node.all_input_nodes:
-                if parent in names:
-                    edges.append((names[parent], names[node]))
-        return LayerGraph(tuple(nodes), tuple(edges), traced=True)
+        def tensors(values):
+            for value in values:
+                if isinstance(value, torch.Tensor):
+                    yield value
+                elif isinstance(value, (list, tuple)):
+                    yield from tensors(value)
+
+        def connect(name, inputs):
+            for t in tensors(inputs):
+                source = producer.get(id(t))
+                if source is not None and (source, name) not in edges:
+                    edges.append((source, name))
+
+        def produced(name, outputs):
+            for t in tensors([outputs]):
+                alive.append(t)
+                producer[id(t)] = name
+
+        class Between(TorchFunctionMode):
+            def __torch_function__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                if inside:
+                    return out
+                inputs = [t for t in tensors(list(args) + list((kwargs or {}).values())) if id(t) in producer]
+                if not inputs or not any(True for _ in tensors([out])):
+                    return out
+                base = getattr(func, "__name__", str(func)).strip("_") or "op"
+                counts[base] = counts.get(base, 0) + 1
+                name = base if counts[base] == 1 else f"{base}_{counts[base] - 1}"
+                nodes.append(GraphNode(name, base, False, 0))
+                connect(name, inputs)
+                produced(name, out)
+                return out
+
+        def before(name):
+            def hook(_module, inputs):
+                if not inside:
+                    connect(name, inputs)
+                inside.append(name)
+
+            return hook
+
+        def after(name, module):
+            def hook(_module, _inputs, output):
+                inside.pop()
+                if not inside:
+                    own = sum(t.numel() for t in module.parameters()) + sum(b.numel() for b in module.buffers() if b.is_floating_point())
+                    nodes.append(GraphNode(name, type(module).__name__, True, int(own)))
+                    produced(name, output)
+
+            return hook
+
+        leaves = [(name, m) for name, m in self.module.named_modules() if name and not any(True for _ in m.children())]
+        x = self._to_tensor(self.test_input(1))
+        with self.lock:
+            handles = []
+            for name, module in leaves:
+                handles.append(module.register_forward_pre_hook(before(name)))
+                handles.append(module.register_forward_hook(after(name, module)))
+            try:
+                produced("input", x)
+                with torch.no_grad(), Between():
+                    out = self._forward(x)
+            except Exception:  # noqa: BLE001 - a model this cannot follow still has its layers in order
+                return super().layer_graph()
+            finally:
+                for handle in handles:
+                    handle.remove()
+        nodes.append(GraphNode("output", "Output", False, 0))
+        connect("output", [out])
+        # operations whose result never reaches the output (``x.sum() > 0`` deciding a branch) are not dataflow
+        feeds: dict[str, list[str]] = {}
+        for a, b in edges:
+            feeds.setdefault(b, []).append(a)
+        used, todo = {"output"}, ["output"]
+        while todo:
+            for source in feeds.get(todo.pop(), []):
+                if source not in used:
+                    used.add(source)
+                    todo.append(source)
+        keep = {n.name for n in nodes if n.layer or n.name in used}
+        return LayerGraph(
+            tuple(n for n in nodes if n.name in keep), tuple(e for e in edges if e[0] in keep and e[1] in keep), traced=True
+        )
 
     def parameter_count(self) -> int:
         return int(sum(p.numel() for p in self.module.parameters()))

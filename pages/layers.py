@@ -15,6 +15,7 @@ from workbench.errors import WorkbenchError
 log = logging.getLogger("workbench.app")
 ws: session.Workspace = controls.workspace("layers")
 MAX_REPORTS = 4  # layer reports kept per session
+GRAPH_HEIGHT = 560  # px
 
 st.title("Layers")
 record = ws.model
@@ -99,7 +100,8 @@ st.caption(
     f"{arch.layer_count} layers{'' if arch.traced else ' in forward order (the model could not be traced, so branches are not drawn)'}; "
     "residual branches in pink; the picked layer in yellow, search matches in blue."
 )
-st.graphviz_chart(architecture.to_dot(arch, selected=picked, search=search, collapse=collapse), width="stretch")
+with st.container(height=GRAPH_HEIGHT, border=True):  # a tall model scrolls here, drawn at its own size
+    st.graphviz_chart(architecture.to_dot(arch, selected=picked, search=search, collapse=collapse), width="content")
 
 if report is None:
     st.stop()

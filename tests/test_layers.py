@@ -445,3 +445,21 @@ def test_layers_command_json(capsys):
     assert table.splitlines()[0].split()[:3] == ["layer", "kind", "output"] and "conv4" in table
     assert main(["layers", "shapes-cnn-torch", "--image", image, "--target", "99"]) == 2
     assert "--target" in capsys.readouterr().err
+
+
+def test_keras_compiled_and_eager_passes_agree():
+    """Keras runs the statistics pass as one compiled function, falling back to the eager pass (which also
+    counts NaN/Inf) when an output is not finite: both give the same numbers, and no wrapper stays."""
+    adapter = adapter_for("keras", dead=(0,))
+    batch = adapter.test_input(3, seed=7)
+    compiled = adapter.layer_statistics(batch, [1, 2, 3])
+    eager = adapter._eager_statistics(batch, [1, 2, 3])
+    assert [l.name for l in compiled.layers] == [l.name for l in eager.layers] == ["conv", "relu", "gap", "fc"]
+    for a, b in zip(compiled.layers, eager.layers):
+        for key in ("mean", "std", "minimum", "maximum", "zeros"):
+            assert getattr(a, key) == pytest.approx(getattr(b, key), rel=1e-5, abs=1e-7), (a.name, key)
+        np.testing.assert_allclose(a.grad_norm, b.grad_norm, rtol=1e-5)
+        np.testing.assert_array_equal(a.channel_max_abs == 0, b.channel_max_abs == 0)
+    assert compiled.targets.tolist() == [1, 2, 3]
+    assert adapter.layer_statistics(batch).targets.tolist() == adapter.predict(batch).argmax(axis=1).tolist()
+    assert all("call" not in layer.__dict__ for layer in adapter.model.layers)

@@ -338,6 +338,79 @@ class KerasAdapter(ModelAdapter):
         )
 
     def layer_statistics(self, batch, targets=None, *, gradients=True):
+        if gradients:
+            fast = self._compiled_statistics(batch, targets)
+            if fast is not None:
+                return fast
+        return self._eager_statistics(batch, targets, gradients=gradients)
+
+    def _statistics_graph(self, x, targets):
+        """Traced once per input signature with every layer's ``call`` wrapped (so the wrappers see the
+        symbolic outputs); the graph it leaves holds only the reductions, run without Python."""
+        recorded = []
+        tape = tf.GradientTape(watch_accessed_variables=False)
+
+        def record(path, output):
+            if isinstance(output, (list, tuple, dict)) or not hasattr(output, "shape") or len(output.shape) == 0:
+                return
+            if not output.dtype.is_floating or any(d == 0 for d in output.shape[1:]):
+                return
+            tape.watch(output)
+            recorded.append((path, output))
+
+        self._recorder = record
+        with tape:
+            out = self._call(x)
+            chosen = tf.where(targets < 0, tf.argmax(out, axis=1, output_type=tf.int32), targets)
+            selected = tf.reduce_sum(tf.gather(out, chosen, axis=1, batch_dims=1))
+        grads = tape.gradient(selected, [t for _, t in recorded], unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        meta, values = [], []
+        n = tf.shape(x)[0]
+        for (path, t), g in zip(recorded, grads):
+            t32 = tf.cast(t, tf.float32)
+            if len(t.shape) == 4 and self.layout == "NCHW":
+                t32 = tf.transpose(t32, (0, 2, 3, 1))
+            channels = int(t32.shape[-1]) if len(t.shape) > 1 else 1
+            v = tf.reshape(t32, (n, -1, channels))
+            sums = tf.stack([tf.reduce_sum(v, axis=1), tf.reduce_sum(tf.square(v), axis=1), tf.reduce_min(v, axis=1), tf.reduce_max(v, axis=1)])
+            norm = tf.norm(tf.reshape(tf.cast(g, tf.float32), (n, -1)), axis=1)
+            shape = tuple(int(d) for d in t.shape[1:])
+            if len(t.shape) == 4 and self.layout == "NCHW":
+                shape = (shape[1], shape[2], shape[0])
+            meta.append((path, shape))
+            values.append((sums, tf.math.count_nonzero(t32), norm))
+        self._statistics_meta = meta
+        return out, chosen, values
+
+    def _compiled_statistics(self, batch, targets):
+        """The statistics pass as one compiled function; None when a layer's output is not finite or its
+        variance from sums would cancel: then the eager pass counts NaN/Inf and recomputes exactly."""
+        if not hasattr(self, "_statistics_fn"):
+            self._statistics_fn = tf.function(self._statistics_graph, reduce_retracing=True)
+        given = np.full(len(batch), -1, np.int32) if targets is None else np.asarray(targets, np.int32)
+        with self._capture(self._layers_by_path, lambda path, out: self._recorder(path, out)), tf.device(self._device):
+            out, chosen, values = self._statistics_fn(self._to_tensor(batch), tf.convert_to_tensor(given))
+        found = {}
+        for (path, shape), (sums, nonzero, norm) in zip(self._statistics_meta, values):
+            host = sums.numpy().astype(np.float64)
+            if not np.all(np.isfinite(host)):
+                return None
+            total, squares = host[0], host[1]
+            positions = int(np.prod(shape)) // max(1, host.shape[-1])
+            size = total.size * positions
+            mean, mean_square = total.sum() / size, squares.sum() / size
+            if mean_square > 1e3 * max(mean_square - mean * mean, 0.0):  # as finish_moments: recompute exactly
+                return None
+            none = np.zeros(len(batch), dtype=np.int64)
+            values_ = finish_moments(
+                shape, sums=(total, squares, positions), zeros=size - int(nonzero), nan=none, inf=none, cmin=host[2], cmax=host[3]
+            )
+            found.pop(path, None)  # a layer called twice: its last call counts, in its place
+            found[path] = (values_, norm.numpy().astype(np.float64))
+        layers = tuple(moments(path, grad_norm=norm, **values_) for path, (values_, norm) in found.items())
+        return StatisticsPass(outputs=np.asarray(out, dtype=np.float32), targets=np.asarray(chosen, dtype=np.int64), layers=layers)
+
+    def _eager_statistics(self, batch, targets=None, *, gradients=True):
         found: dict[str, dict] = {}
         kept: dict[str, object] = {}
         tape = tf.GradientTape(watch_accessed_variables=False)

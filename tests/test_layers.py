@@ -133,6 +133,22 @@ def test_explaining_a_non_finite_prediction_is_refused_with_one_line(framework, 
     assert np.all(np.isfinite(result.map))
 
 
+def test_results_and_the_refusal_cross_process_boundaries():
+    """What runs in a model's worker process comes back through pickle intact."""
+    import pickle
+
+    adapter = adapter_for("torch", log=True)
+    report = pickle.loads(pickle.dumps(inspection.layer_report(adapter, bright_and_dark())))
+    assert report.first_nonfinite.layer == "log" and report.row("log").nan_count == 3
+    assert set(report.channel_means) == {row.name for row in report.rows}
+    arch = pickle.loads(pickle.dumps(architecture.architecture(adapter)))
+    assert arch.node_for("log") == "log"
+    with pytest.raises(NonFiniteOutput) as refused:
+        inspection.refuse_non_finite(adapter, bright_and_dark())
+    copy = pickle.loads(pickle.dumps(refused.value))
+    assert (str(copy), copy.layer, copy.image) == (str(refused.value), "log", 1)
+
+
 def test_finite_outputs_cost_no_tracing_pass(monkeypatch):
     adapter = adapter_for("torch")
     calls = []

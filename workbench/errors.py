@@ -70,3 +70,10 @@ class NonFiniteOutput(WorkbenchError):
         super().__init__(message)
         self.layer = layer
         self.image = image
+
+    def __reduce__(self):  # raised in a model's worker process, re-raised in the app's
+        return (_non_finite, (self.message, self.layer, self.image))
+
+
+def _non_finite(message: str, layer: str | None, image: int | None) -> NonFiniteOutput:
+    return NonFiniteOutput(message, layer=layer, image=image)

@@ -54,6 +54,10 @@ try:
 except WorkbenchError as error:
     st.error(str(error), icon=":material/block:")
     st.stop()
+except Exception as error:  # noqa: BLE001 - the app keeps working; the traceback is for the operator
+    log.exception("inspecting %s failed", record.name)
+    st.error(f"Inspecting {record.name} failed ({type(error).__name__}); the details are in the server log.", icon=":material/block:")
+    st.stop()
 
 if report is not None and report.first_nonfinite is not None:
     st.error(report.first_nonfinite.describe([e.name for e in entries]) + " Explaining it is refused.", icon=":material/error:")
@@ -154,7 +158,11 @@ image_col, k_col = st.columns([3, 2])
 index = image_col.selectbox("Image", range(len(entries)), format_func=lambda i: entries[i].name, key="layers_image")
 k = k_col.slider("Channels (strongest by mean activation)", 4, 32, 16, 4, key="layers_k")
 batch = adapter.prepare(session.model_pixels(ws, record, entries[index])[None])
-fm = inspection.feature_maps(adapter, batch, maps_layer, k)
+try:
+    fm = inspection.feature_maps(adapter, batch, maps_layer, k)
+except WorkbenchError as error:
+    st.error(str(error), icon=":material/block:")
+    st.stop()
 st.caption(f"Top {fm.maps.shape[1]} channels of `{maps_layer}` on {entries[index].name}, one colour scale: {fm.vmin:.3g} … {fm.vmax:.3g}")
 st.image(inspection.colour_bar(fm.vmin, fm.vmax), caption=f"{fm.vmin:.3g}  →  {fm.vmax:.3g}", width=256)
 per_row = 8

@@ -6,6 +6,7 @@ choice per model (:func:`choose_cam_layer`); the layer widget applies it once (:
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Sequence
 
 import altair as alt
@@ -42,11 +43,11 @@ def apply_cam_choice(widget_key: str, model_id: str, options: Sequence[str | Non
 
 # ---------------------------------------------------------------------------- charts across depth
 def depth_rows(rows: Sequence[Any], fields: Sequence[str]) -> list[dict[str, Any]]:
-    return [
-        {"order": r.order, "layer": r.name, "kind": r.kind, "statistic": f, "value": getattr(r, f)}
+    return [  # NaN and Inf are counted in their own columns; a chart's JSON cannot carry them
+        {"order": r.order, "layer": r.name, "kind": r.kind, "statistic": f, "value": float(getattr(r, f))}
         for r in rows
         for f in fields
-        if getattr(r, f) is not None
+        if getattr(r, f) is not None and math.isfinite(getattr(r, f))
     ]
 
 

@@ -80,3 +80,40 @@ def test_picking_a_layer_makes_it_the_cam_layer_of_explain():
     at.text_input(key="layers_search").set_value("").run()
     at.selectbox(key=key).set_value("fc").run()
     assert any("cannot be a CAM layer" in c.value for c in at.caption)
+
+
+def test_a_model_that_outputs_nan_on_an_image_names_the_layer_there(tmp_path):
+    """A model finite on random inputs (so it loads) but NaN on a dark image: the page names the first
+    non-finite layer and the image, and still draws everything else."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from test_layers import torch_planted
+    from workbench import session
+    from workbench.adapters.torch_adapter import TorchAdapter
+
+    module = torch_planted(log=True)
+    with torch.no_grad():
+        module.shift.bias.fill_(-0.45)  # random test inputs average 0.5: finite; a dark image: log of < 0
+    adapter = TorchAdapter(module, name="planted", source_format="test", input_size=(12, 12, 3))
+    at = start()
+    ws = workspace(at)
+    record = session.LoadedModel(
+        id="planted", name="planted", source="upload", key=session.ModelKey(sha256="planted", filename="planted.pt"),
+        base=adapter, adapter=adapter,
+    )
+    session._add_model(ws, record)
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((32, 32, 3), 20, np.uint8)).save(buffer, format="PNG")
+    session.add_image(ws, buffer.getvalue(), "dark.png")
+    page(at, "pages/layers.py")
+    assert [e.value for e in at.error] == [
+        "The model's output is not finite for dark.png: layer 'log' (Log) is the first, in forward order, to output NaN. "
+        "Explaining it is refused."
+    ]
+    (table,) = [d for d in at.dataframe if "grad_norm" in d.value.columns]
+    assert int(table.value.set_index("name").loc["log", "nan_count"]) == 3
+    assert TITLES <= set(chart_titles(at))

@@ -479,3 +479,6 @@ def test_keras_compiled_and_eager_passes_agree():
     assert compiled.targets.tolist() == [1, 2, 3]
     assert adapter.layer_statistics(batch).targets.tolist() == adapter.predict(batch).argmax(axis=1).tolist()
     assert all("call" not in layer.__dict__ for layer in adapter.model.layers)
+    view = adapter.view(preset="imagenet")  # another session's view of the same model: its own compiled pass
+    seen = view.layer_statistics(batch, [1, 2, 3])
+    assert [l.name for l in seen.layers] == ["conv", "relu", "gap", "fc"] and view._statistics_fn[1] is not adapter._statistics_fn[1]

@@ -107,7 +107,7 @@ class LayerGraph:
 
 
 # above this ratio of mean square to variance, variance from sums loses digits: it is recomputed exactly
-_CANCELLATION = 1e3
+CANCELLATION = 1e3
 
 
 def finish_moments(
@@ -142,7 +142,7 @@ def finish_moments(
         mean = float(total.sum() / finite)
         mean_square = float(squares.sum() / finite)
         variance = max(mean_square - mean * mean, 0.0)
-        if exact is not None and mean_square > _CANCELLATION * variance:
+        if exact is not None and mean_square > CANCELLATION * variance:
             std_t, mean_t = exact()
             std, mean = float(std_t), float(mean_t)
         else:

@@ -7,6 +7,7 @@ import copy
 import gc
 import os
 import threading
+import weakref
 from typing import Iterator, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -17,7 +18,9 @@ import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
 from ..errors import LayerError, ModelRejected, ParameterError  # noqa: E402
-from .base import GraphNode, LayerGraph, LayerInfo, LayerPass, ModelAdapter, StatisticsPass, finish_moments, moments  # noqa: E402
+from .base import (  # noqa: E402
+    CANCELLATION, GraphNode, LayerGraph, LayerInfo, LayerPass, ModelAdapter, StatisticsPass, finish_moments, moments,
+)
 
 DEFAULT_INPUT_SIZE = (224, 224, 3)
 _growth_lock = threading.Lock()
@@ -385,11 +388,12 @@ class KerasAdapter(ModelAdapter):
     def _compiled_statistics(self, batch, targets):
         """The statistics pass as one compiled function; None when a layer's output is not finite or its
         variance from sums would cancel: then the eager pass counts NaN/Inf and recomputes exactly."""
-        if not hasattr(self, "_statistics_fn"):
-            self._statistics_fn = tf.function(self._statistics_graph, reduce_retracing=True)
+        cached = getattr(self, "_statistics_fn", None)  # (owner, function): a view (copy.copy) makes its own
+        if cached is None or cached[0]() is not self:
+            cached = self._statistics_fn = (weakref.ref(self), tf.function(self._statistics_graph, reduce_retracing=True))
         given = np.full(len(batch), -1, np.int32) if targets is None else np.asarray(targets, np.int32)
         with self._capture(self._layers_by_path, lambda path, out: self._recorder(path, out)), tf.device(self._device):
-            out, chosen, values = self._statistics_fn(self._to_tensor(batch), tf.convert_to_tensor(given))
+            out, chosen, values = cached[1](self._to_tensor(batch), tf.convert_to_tensor(given))
         found = {}
         for (path, shape), (sums, nonzero, norm) in zip(self._statistics_meta, values):
             host = sums.numpy().astype(np.float64)
@@ -399,7 +403,7 @@ class KerasAdapter(ModelAdapter):
             positions = int(np.prod(shape)) // max(1, host.shape[-1])
             size = total.size * positions
             mean, mean_square = total.sum() / size, squares.sum() / size
-            if mean_square > 1e3 * max(mean_square - mean * mean, 0.0):  # as finish_moments: recompute exactly
+            if mean_square > CANCELLATION * max(mean_square - mean * mean, 0.0):  # variance from sums would cancel
                 return None
             none = np.zeros(len(batch), dtype=np.int64)
             values_ = finish_moments(

@@ -18,6 +18,7 @@ from workbench.analysis import run_comparison
 from workbench.cli import main
 from workbench.images import load_image
 from workbench.intake import load_zoo_model
+from workbench.metrics import Evaluation, MetricResult
 from workbench.store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,18 +39,28 @@ def saved(tmp_path_factory):
     paths = [s.image for s in model_zoo.samples()[:2]]
     images = [load_image(p.read_bytes(), p.name) for p in paths]
     comparison = run_comparison(adapter, images, METHODS, params={"integrated_gradients": {"steps": 16}})
+    results = tuple(
+        MetricResult(image=im.name, image_index=i, method=m, metric="deletion", value=0.1 * (i + 1) + 0.01 * j, params={}, random_baseline=0.5 + i)
+        for i, im in enumerate(comparison.images)
+        for j, m in enumerate(METHODS)
+    )
+    evaluation = Evaluation(METHODS, ("deletion",), tuple(im.name for im in comparison.images), {"deletion": {}}, 0, results)
     with RunStore() as store:
         run_id = store.save(comparison, model_bytes=None, image_bytes=[p.read_bytes() for p in paths], model_name=adapter.name)
+        store.save_evaluation(run_id, evaluation.to_dict())
         comparison = store.load(run_id)
+        evaluation = Evaluation.from_dict(store.load_evaluation(run_id)[0])
         layers, weights = tensorboard.run_layer_report(store, run_id, comparison)
-    yield {"run_id": run_id, "comparison": comparison, "layers": layers, "weights": weights, "adapter": adapter}
+    yield {"run_id": run_id, "comparison": comparison, "layers": layers, "weights": weights, "evaluation": evaluation}
     patch.undo()
 
 
 @pytest.fixture(scope="module")
 def accumulator(saved, tmp_path_factory):
     logdir = tmp_path_factory.mktemp("tb")
-    path = tensorboard.write_run(saved["comparison"], logdir, layers=saved["layers"], weights=saved["weights"])
+    path = tensorboard.write_run(
+        saved["comparison"], logdir, layers=saved["layers"], weights=saved["weights"], evaluation=saved["evaluation"]
+    )
     assert path.parent == logdir and path.name == f"run-{saved['run_id'][:12]}"
     return tensorboard.read_back(path)
 
@@ -83,6 +94,11 @@ def test_scalars_carry_the_run_values(saved, accumulator):
                 assert accumulator.Scalars(gap)[0].value == pytest.approx(result.completeness_gap, rel=1e-6)
         assert f"agreement_spearman/{name}/gradcam_vs_integrated_gradients" in scalars
     assert any(r.completeness_gap is not None for row in comparison.results for r in row), "IG reports its gap"
+    names = tensorboard.image_tags(comparison)
+    for result in saved["evaluation"].results:
+        (event,) = accumulator.Scalars(f"metrics/deletion/{names[result.image_index]}/{result.method}")
+        assert event.value == pytest.approx(result.value)
+        assert accumulator.Scalars(f"metrics/deletion/{names[result.image_index]}/random")[0].value == pytest.approx(result.random_baseline)
 
 
 def test_layer_histograms_and_curves_have_the_report_values(saved, accumulator):
@@ -109,6 +125,7 @@ def test_provenance_is_text(saved, accumulator):
     text = event.tensor_proto.string_val[0].decode()
     document = json.loads(text.split("```json\n", 1)[1].rsplit("\n```", 1)[0])
     assert document["run_id"] == saved["run_id"] and document["summary"]["methods"] == list(METHODS)
+    assert document["evaluation"]["metrics"] == ["deletion"]
 
 
 def test_command_and_the_apps_zip(saved, tmp_path, monkeypatch, capsys):
@@ -117,6 +134,7 @@ def test_command_and_the_apps_zip(saved, tmp_path, monkeypatch, capsys):
     assert "tensorboard --logdir" in capsys.readouterr().out
     written = tensorboard.read_back(tmp_path / "logs" / f"run-{saved['run_id'][:12]}")
     assert len(written.Tags()["images"]) == 8 and not written.Tags()["histograms"]
+    assert "metrics/deletion/" + tensorboard.image_tags(saved["comparison"])[0] + "/gradcam" in written.Tags()["scalars"]
     assert main(["tensorboard", "nosuchrun", "--logdir", str(tmp_path / "x")]) == 2
 
     data = tensorboard.event_zip(saved["run_id"], layers=False)

@@ -495,12 +495,17 @@ def cmd_tensorboard(args) -> int:
 
     with RunStore() as run_store:
         comparison = run_store.load(args.run_id)
+        evaluation, _ = run_store.load_evaluation(args.run_id)
         layers = weights = None
         if not args.no_layers:
             from .tensorboard import run_layer_report
 
             layers, weights = run_layer_report(run_store, args.run_id, comparison)
-    path = write_run(comparison, args.logdir, layers=layers, weights=weights)
+    if evaluation is not None:
+        from .metrics import Evaluation
+
+        evaluation = Evaluation.from_dict(evaluation)
+    path = write_run(comparison, args.logdir, layers=layers, weights=weights, evaluation=evaluation)
     print(f"event file: {path}")
     print(f"view with: tensorboard --logdir {args.logdir}")
     return 0

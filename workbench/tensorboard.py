@@ -6,8 +6,9 @@ Written with tensorboardX's ``SummaryWriter`` (a maintained writer; no hand-made
 - images: every attribution map, tag ``<image>/<method>`` (overlaid on the image) and
   ``<image>/<method>/raw`` (the map alone, on its own scale);
 - scalars: ``completeness_gap/<image>/<method>``, ``completeness_ratio/…``, ``seconds/…``,
-  ``evaluations/…``, ``target_score/…``, ``agreement_spearman/<image>/<a>_vs_<b>`` and any
-  evaluation metric a result carries (``metrics/<name>/<image>/<method>``);
+  ``evaluations/…``, ``target_score/…``, ``agreement_spearman/<image>/<a>_vs_<b>`` and, for an
+  evaluated run, each metric ``metrics/<metric>/<image>/<method>`` with the random map's value as
+  ``metrics/<metric>/<image>/random``;
 - histograms (with a layer report): ``layers/<layer>/channel_mean`` (each channel's mean on each image) and
   ``weights/<layer>``; scalars across depth (step = forward order) ``layer_statistics/<statistic>``;
 - text: ``provenance``, the run's provenance JSON.
@@ -54,9 +55,10 @@ def run_dir(comparison: Comparison, logdir: str | Path) -> Path:
     return Path(logdir) / name
 
 
-def write_run(comparison: Comparison, logdir: str | Path, *, layers=None, weights=None) -> Path:
+def write_run(comparison: Comparison, logdir: str | Path, *, layers=None, weights=None, evaluation=None) -> Path:
     """Write the run's maps, scalars and provenance (and, given a LayerReport / weight statistics,
-    their histograms) as one event file under ``logdir``; -> that run's directory."""
+    their histograms; given the run's :class:`~workbench.metrics.Evaluation`, its metrics) as one
+    event file under ``logdir``; -> that run's directory."""
     from tensorboardX import SummaryWriter
 
     from . import render
@@ -79,15 +81,14 @@ def write_run(comparison: Comparison, logdir: str | Path, *, layers=None, weight
                     value = getattr(result, key)
                     if value is not None:
                         writer.add_scalar(f"{key}/{name}/{method}", float(value), 0)
-                for metric, value in dict(getattr(result, "metrics", None) or {}).items():
-                    if isinstance(value, (int, float)) and not isinstance(value, bool):
-                        writer.add_scalar(f"metrics/{tag_part(metric)}/{name}/{method}", float(value), 0)
             for i, a in enumerate(row):
                 for b in row[i + 1 :]:
                     writer.add_scalar(
                         f"agreement_spearman/{name}/{tag_part(a.method)}_vs_{tag_part(b.method)}", spearman(a.map, b.map), 0
                     )
-        writer.add_text("provenance", "```json\n" + provenance_json(comparison) + "\n```", 0)
+        if evaluation is not None:
+            write_evaluation(writer, evaluation, image_tags(comparison))
+        writer.add_text("provenance", "```json\n" + provenance_json(comparison, evaluation) + "\n```", 0)
         if layers is not None:
             write_layers(writer, layers)
         if weights is not None:
@@ -102,6 +103,17 @@ def write_run(comparison: Comparison, logdir: str | Path, *, layers=None, weight
     finally:
         writer.close()
     return target
+
+
+def write_evaluation(writer, evaluation, names: Sequence[str]) -> None:
+    """Each metric of each image and method, and beside it the metric on the seeded random map."""
+    for result in evaluation.results:
+        name = names[result.image_index] if 0 <= result.image_index < len(names) else tag_part(result.image)
+        metric = tag_part(result.metric)
+        if result.value is not None and np.isfinite(result.value):
+            writer.add_scalar(f"metrics/{metric}/{name}/{tag_part(result.method)}", float(result.value), 0)
+        if result.random_baseline is not None and np.isfinite(result.random_baseline):
+            writer.add_scalar(f"metrics/{metric}/{name}/random", float(result.random_baseline), 0)
 
 
 def write_layers(writer, report) -> None:

@@ -1,6 +1,6 @@
 """The Layers page's statistics pass against one forward + backward pass, on the same images.
 
-    python benchmarks/bench_layers.py [--repeats 11] [--images 8] [--frameworks torch,keras]
+    python benchmarks/bench_layers.py [--repeats 11] [--images 8] [--frameworks torch,keras] [--threads N]
 
 Model: the zoo's resnet-mini at 224x224 (75 PyTorch modules / 73 Keras layers), 8 images (the zoo's
 samples, resized). Arms, interleaved (alternating which goes first), each warmed up:
@@ -15,6 +15,9 @@ samples, resized). Arms, interleaved (alternating which goes first), each warmed
 
 Reports median seconds, the ratio of medians (target: <= 2), the ratio of CPU-time medians and of the
 fastest runs (steadier on a shared machine), and the load average. JSON in benchmarks/results/.
+Thread settings are the frameworks' defaults unless ``--threads`` sets PyTorch's intra-op threads for both
+arms: on an oversubscribed machine every parallel region waits for descheduled threads, which costs the
+statistics pass (several small reductions per layer) more than the reference.
 """
 
 from __future__ import annotations
@@ -116,10 +119,19 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--frameworks", default="torch,keras")
+    parser.add_argument("--threads", type=int, default=0, help="PyTorch intra-op threads for both arms (0: default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     rows = [bench(f.strip(), args.repeats, args.images) for f in args.frameworks.split(",") if f.strip()]
     load = os.getloadavg()
-    print(f"resnet-mini, {args.images} images at 224x224, median of {args.repeats} interleaved runs; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    threads = f"{args.threads} PyTorch thread(s)" if args.threads else "default threads"
+    print(
+        f"resnet-mini, {args.images} images at 224x224, median of {args.repeats} interleaved runs, {threads}; "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
     print(f"{'framework':<10} {'layers':>6} {'stats pass s':>13} {'fwd+bwd s':>10} {'ratio':>6} {'cpu ratio':>9} {'best ratio':>10}  target <= {TARGET:g}")
     for row in rows:
         print(
@@ -128,7 +140,7 @@ def main(argv=None) -> list[dict]:
         )
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    (RESULTS_DIR / f"layers-{stamp}.json").write_text(json.dumps({"load_average": load, "rows": rows}, indent=2))
+    (RESULTS_DIR / f"layers-{stamp}.json").write_text(json.dumps({"load_average": load, "threads": args.threads, "rows": rows}, indent=2))
     return rows
 
 

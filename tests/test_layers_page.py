@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_app import TIMEOUT, charts, chart_titles, load_zoo_and_sample, needs_zoo, page, start, workspace  # noqa: F401
+from test_app import chart_titles, load_zoo_and_sample, needs_zoo, page, start, workspace
 
 TITLES = {
     "Activation mean and std across depth",

@@ -21,7 +21,6 @@ short-lived child process (the same command as ``python -m workbench tensorboard
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import subprocess

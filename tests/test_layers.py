@@ -262,6 +262,7 @@ def test_in_place_relu_gets_the_gradient_of_the_layer_before_it():
     assert report.row("1").min < 0 < report.row("2").fraction_zero  # the norm's output kept its negative values
 
 
+@pytest.mark.slow
 @needs_zoo
 def test_keras_statistics_equal_a_probe_model_on_resnet_mini():
     from workbench.intake import load_zoo_model
@@ -287,6 +288,7 @@ def test_keras_statistics_equal_a_probe_model_on_resnet_mini():
     assert all("call" not in layer.__dict__ for layer in model.layers)
 
 
+@pytest.mark.slow
 @needs_zoo
 def test_torch_and_keras_twins_give_the_same_table():
     from workbench.intake import load_zoo_model

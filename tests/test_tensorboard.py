@@ -128,6 +128,7 @@ def test_provenance_is_text(saved, accumulator):
     assert document["evaluation"]["metrics"] == ["deletion"]
 
 
+@pytest.mark.slow
 def test_command_and_the_apps_zip(saved, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("WORKBENCH_DATA_DIR", str(Path(RunStore().data_dir)))
     assert main(["tensorboard", saved["run_id"], "--logdir", str(tmp_path / "logs"), "--no-layers"]) == 0

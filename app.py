@@ -51,6 +51,7 @@ pages = [
     st.Page("pages/models.py", title="Models", icon=":material/deployed_code:", default=not opening_link),
     st.Page("pages/images.py", title="Images", icon=":material/image:"),
     st.Page("pages/explain.py", title="Explain & compare", icon=":material/compare:"),
+    st.Page("pages/layers.py", title="Layers", icon=":material/stacks:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/history:"),
     st.Page("pages/batch.py", title="Batch results", icon=":material/dataset:"),
     st.Page("pages/shared.py", title="Saved run", icon=":material/link:", url_path="saved", default=opening_link,

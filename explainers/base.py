@@ -15,6 +15,7 @@ import numpy as np
 
 from workbench.adapters.base import LayerPass, ModelAdapter
 from workbench.errors import ParameterError
+from workbench.inspection import refuse_non_finite
 from workbench.result import Attribution
 from workbench.settings import Settings, get_settings
 
@@ -263,7 +264,9 @@ class Explainer:
         calls = Calls(adapter, settings, max_rows=self.max_rows(p))
         started = time.perf_counter()
         if targets is None:
-            targets = calls.predict(batch).argmax(axis=1)
+            predictions = calls.predict(batch)
+            refuse_non_finite(adapter, batch, predictions)  # traces the layers only when a score is NaN/Inf
+            targets = predictions.argmax(axis=1)
         targets = [int(t) for t in targets]
         if len(targets) != len(batch):
             raise ParameterError(f"Got {len(targets)} targets for {len(batch)} images; give one per image.")
@@ -277,6 +280,8 @@ class Explainer:
             scores = calls.predict(batch[missing])
             for row, i in zip(scores, missing):
                 partials[i].target_score = float(row[targets[i]])
+        if not all(np.isfinite(part.target_score) for part in partials):
+            refuse_non_finite(adapter, batch)  # given targets: their scores are the first we see
         elapsed = time.perf_counter() - started
         n = len(batch)
         labels = adapter.labels

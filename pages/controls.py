@@ -11,7 +11,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import streamlit as st
 
-from pages import charts
+from pages import charts, layer_views
 from workbench import render, session, sharing
 from workbench.errors import WorkbenchError
 from workbench.result import Attribution, Comparison, ExplainedImage
@@ -65,6 +65,7 @@ def method_params(record: session.LoadedModel, method: str, scope: str = "explai
                 automatic = record.adapter.default_cam_layer()
             except WorkbenchError:
                 automatic = "none"
+            layer_views.apply_cam_choice(f"{key}_{record.id}", record.id, [None, *layers])  # picked on the Layers page
             values[p.name] = st.selectbox(
                 "layer",
                 [None, *layers],
@@ -278,11 +279,14 @@ def share_panel(comparison: Comparison, display: Display, *, scope: str, evaluat
         positive_only=display.positive_only,
         evaluation=evaluation,
     )
-    for col, item in zip(st.columns(len(items)), items):
+    columns = st.columns(len(items) + 1)
+    for col, item in zip(columns, items):
         col.download_button(
             item.label, item.build, file_name=item.file_name, mime=item.mime, key=f"{scope}_export_{item.kind}",
             icon=":material/download:", on_click="ignore", width="stretch",
         )
+    with columns[-1]:
+        layer_views.tensorboard_download(comparison, scope=scope)
 
 
 def explain_on_arrival() -> None:

@@ -137,7 +137,7 @@ def test_a_link_opened_in_another_session_shows_the_saved_arrays_without_explain
     run_id = saved_run["run_id"]
     assert saved_run["link"] == f"{get_settings().public_base_url}/?run={run_id}"
     author = saved_run["author"]
-    assert len(author.get("download_button")) == 4 + 1, "grid, NPZ, provenance, HTML; and the image's maps"
+    assert len(author.get("download_button")) == 4 + 1 + 1, "grid, NPZ, provenance, HTML, TensorBoard; and the image's maps"
 
     spy = explain_calls
     started = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Command line: ``python -m workbench inspect|predict|explain|evaluate``.
+"""Command line: ``python -m workbench inspect|predict|explain|evaluate|layers|tensorboard``.
 
 A refusal (any WorkbenchError) exits with status 2 and its one-line message on stderr.
 """
@@ -474,6 +474,64 @@ def cmd_cleanup(args) -> int:
     return 0
 
 
+def cmd_layers(args) -> int:
+    from .analysis import model_inputs
+    from .inspection import layer_report
+
+    adapter, _ = open_model(args.model, architecture=args.architecture, preprocess=args.preprocess, labels_path=args.labels, device=args.device)
+    images = read_images(args.images, adapter.input_size[2])
+    _, batch = model_inputs(adapter, images)
+    targets = None
+    if args.target is not None:
+        labels = adapter.labels
+        target = int(args.target) if str(args.target).lstrip("-").isdigit() else (labels.index(args.target) if args.target in labels else None)
+        if target is None or not 0 <= target < adapter.num_classes:
+            raise ParameterError(f"--target {args.target!r} is not a class index or label of this model.")
+        targets = [target] * len(images)
+    report = layer_report(adapter, batch, targets)
+    names = [image.name for image in images]
+    if args.json:
+        print(json.dumps(report.as_dict(names), indent=2))
+        return 0
+
+    def number(value, spec=".4g"):
+        return "-" if value is None else format(value, spec)
+
+    header = f"{'layer':<32} {'kind':<20} {'output':<14} {'params':>9} {'mean':>10} {'std':>10} {'min':>10} {'max':>10} {'zero':>6} {'dead':>5} {'nan':>5} {'inf':>5} {'grad norm':>10}"
+    print(header)
+    for row in report.rows:
+        print(
+            f"{row.name[:32]:<32} {row.kind[:20]:<20} {'x'.join(map(str, row.output_shape)):<14} {row.parameters:>9,} "
+            f"{number(row.mean):>10} {number(row.std):>10} {number(row.min):>10} {number(row.max):>10} "
+            f"{row.fraction_zero:>6.1%} {row.dead_channels:>5} {row.nan_count:>5} {row.inf_count:>5} {number(row.grad_norm):>10}"
+        )
+    if report.first_nonfinite:
+        print(report.first_nonfinite.describe(names))
+    return 0
+
+
+def cmd_tensorboard(args) -> int:
+    from .store import RunStore
+    from .tensorboard import write_run
+
+    with RunStore() as run_store:
+        comparison = run_store.load(args.run_id)
+        evaluation, _ = run_store.load_evaluation(args.run_id)
+        layers = weights = None
+        if not args.no_layers:
+            from .tensorboard import run_layer_report
+
+            layers, weights = run_layer_report(run_store, args.run_id, comparison)
+    if evaluation is not None:
+        from .metrics import Evaluation
+
+        evaluation = Evaluation.from_dict(evaluation)
+    path = write_run(comparison, args.logdir, layers=layers, weights=weights, evaluation=evaluation)
+    print(f"event file: {path}")
+    print(f"view with: tensorboard --logdir {args.logdir}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from .preprocess import PRESETS
@@ -566,6 +624,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--base-path", default="")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("layers", help="per-layer statistics, dead channels, gradient norms and the first NaN/Inf layer")
+    model_options(p)
+    p.add_argument("--image", dest="images", action="append", required=True, metavar="PATH")
+    p.add_argument("--target", help="class index or label (default: each image's predicted class)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_layers)
+
+    p = sub.add_parser("tensorboard", help="write a stored run as TensorBoard event files")
+    p.add_argument("run_id")
+    p.add_argument("--logdir", required=True, metavar="DIR")
+    p.add_argument("--no-layers", action="store_true", help="skip the layer statistics (they reload the run's model)")
+    p.set_defaults(func=cmd_tensorboard)
 
     p = sub.add_parser("runs", help="stored runs, newest first")
     p.add_argument("--model")

@@ -61,3 +61,19 @@ class UnsafeEnvironment(WorkbenchError):
 
 class RunNotFound(WorkbenchError):
     """A share link names no stored run."""
+
+
+class NonFiniteOutput(WorkbenchError):
+    """The model outputs NaN or Inf for an image; names the first layer (in forward order) that does."""
+
+    def __init__(self, message: str, *, layer: str | None = None, image: int | None = None):
+        super().__init__(message)
+        self.layer = layer
+        self.image = image
+
+    def __reduce__(self):  # raised in a model's worker process, re-raised in the app's
+        return (_non_finite, (self.message, self.layer, self.image))
+
+
+def _non_finite(message: str, layer: str | None, image: int | None) -> NonFiniteOutput:
+    return NonFiniteOutput(message, layer=layer, image=image)

@@ -110,6 +110,151 @@ class LayerPass:
     gradients: np.ndarray  # [N, h, w, c]  d outputs[n, target[n]] / d activations
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerMoments:
+    """One layer's output over a batch, reduced inside the framework by :meth:`ModelAdapter.layer_statistics`.
+
+    ``mean``/``std``/``minimum``/``maximum`` are over the finite elements (None when there are none);
+    per-channel arrays use the channel axis (last, channels-last) of 4-D outputs and the last axis otherwise.
+    """
+
+    name: str
+    shape: tuple[int, ...]  # channels-last, without the batch dimension
+    finite: int  # finite elements over the batch
+    mean: float | None
+    std: float | None  # population standard deviation
+    minimum: float | None
+    maximum: float | None
+    zeros: int  # elements exactly 0
+    nan: np.ndarray  # [N] NaN elements per image
+    inf: np.ndarray  # [N] infinite elements per image
+    channel_mean: np.ndarray  # [N, C] mean of each channel per image (over the finite elements)
+    channel_max_abs: np.ndarray  # [C] largest |value| of each channel over every image (0: dead)
+    grad_norm: np.ndarray | None  # [N] L2 norm of d outputs[n, target[n]] / d this output, per image
+
+
+@dataclasses.dataclass(frozen=True)
+class StatisticsPass:
+    """Result of :meth:`ModelAdapter.layer_statistics`: every layer that output one tensor, in forward order."""
+
+    outputs: np.ndarray  # [N, K]
+    targets: np.ndarray  # [N] the classes whose score was differentiated (the predicted ones unless given)
+    layers: tuple[LayerMoments, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class GraphNode:
+    name: str  # a layer of layers(), or an operation between layers ("add", "flatten"), or "input"/"output"
+    kind: str  # class or function name
+    layer: bool  # True: a layer of layers(); False: an operation or the model's input/output
+    parameters: int  # weights and buffers of this node itself (nested layers not counted twice)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerGraph:
+    """The model's dataflow between its leaf layers: residual branches are edges that skip nodes."""
+
+    nodes: tuple[GraphNode, ...]  # forward order
+    edges: tuple[tuple[str, str], ...]  # (from, to) node names
+    traced: bool  # False: built from the order of the layers, without the real branches
+
+
+# above this ratio of mean square to variance, variance from sums loses digits: it is recomputed exactly
+CANCELLATION = 1e3
+
+
+def finish_moments(
+    shape: Sequence[int],
+    *,
+    zeros: int,
+    nan,
+    inf,
+    cmin,
+    cmax,
+    sums=None,
+    exact=None,
+    finite: int | None = None,
+    mean: float | None = None,
+    std: float | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    channel_mean=None,
+) -> dict:
+    """The keyword arguments of :func:`moments` from what an adapter reduced on the device.
+
+    ``sums`` = (per-channel sums [N, C], per-channel sums of squares [N, C], positions per channel)
+    for an all-finite output; ``exact()`` -> (std, mean) recomputes in float64 on the device when the
+    variance from sums would cancel. Otherwise finite, mean, std, minimum, maximum and channel_mean are
+    given directly (over the finite elements), and cmin/cmax are 0 for channels without a finite value.
+    """
+    cmin = np.asarray(cmin, dtype=np.float64)
+    cmax = np.asarray(cmax, dtype=np.float64)
+    if sums is not None:
+        total, squares, positions = sums
+        finite = int(total.size * positions)
+        mean = float(total.sum() / finite)
+        mean_square = float(squares.sum() / finite)
+        variance = max(mean_square - mean * mean, 0.0)
+        if exact is not None and mean_square > CANCELLATION * variance:
+            std_t, mean_t = exact()
+            std, mean = float(std_t), float(mean_t)
+        else:
+            std = variance**0.5
+        channel_mean = total / positions
+    has = finite and finite > 0
+    return dict(
+        shape=tuple(int(s) for s in shape),
+        finite=int(finite or 0),
+        mean=mean if has else None,
+        std=std if has else None,
+        minimum=(float(cmin.min()) if minimum is None else minimum) if has else None,
+        maximum=(float(cmax.max()) if maximum is None else maximum) if has else None,
+        zeros=int(zeros),
+        nan=nan,
+        inf=inf,
+        channel_mean=channel_mean,
+        channel_max_abs=np.maximum(np.abs(cmin), np.abs(cmax)).max(axis=0),
+    )
+
+
+def moments(
+    name: str,
+    shape: tuple[int, ...],
+    *,
+    finite: int,
+    mean: float | None,
+    std: float | None,
+    minimum: float | None,
+    maximum: float | None,
+    zeros: int,
+    nan,
+    inf,
+    channel_mean,
+    channel_max_abs,
+    grad_norm=None,
+) -> LayerMoments:
+    """A LayerMoments from values already moved to the host."""
+
+    def number(value):
+        return None if value is None else float(value)
+
+    return LayerMoments(
+        name=name,
+        shape=tuple(int(s) for s in shape),
+        finite=int(finite),
+        mean=number(mean),
+        std=number(std),
+        minimum=number(minimum),
+        maximum=number(maximum),
+        zeros=int(zeros),
+        nan=np.asarray(nan, dtype=np.int64),
+        inf=np.asarray(inf, dtype=np.int64),
+        channel_mean=np.asarray(channel_mean, dtype=np.float32),
+        channel_max_abs=np.asarray(channel_max_abs, dtype=np.float32),
+        grad_norm=None if grad_norm is None else np.asarray(grad_norm, dtype=np.float64),
+    )
+
+
 def default_labels(num_classes: int) -> tuple[str, ...]:
     return tuple(f"class {k}" for k in range(num_classes))
 
@@ -249,6 +394,24 @@ class ModelAdapter(abc.ABC):
         if not 0 <= int(layers_from_top) <= len(names):
             raise ParameterError(f"layers_from_top must be between 0 and {len(names)} (the layers with parameters); got {layers_from_top}.")
         return names[: int(layers_from_top)]
+
+    def layer_statistics(
+        self, batch: np.ndarray, targets: Sequence[int] | None = None, *, gradients: bool = True
+    ) -> StatisticsPass:
+        """Every layer's output reduced to :class:`LayerMoments` in one forward pass (and, with
+        ``gradients``, one backward pass from the target scores, default the predicted classes)."""
+        raise LayerError(f"{type(self).__name__} does not give per-layer statistics.")
+
+    def layer_weights(self, layer: str) -> dict[str, np.ndarray]:
+        """The layer's own weights and buffers by name (nested layers' not included)."""
+        raise LayerError(f"{type(self).__name__} does not give layer weights.")
+
+    def layer_graph(self) -> LayerGraph:
+        """The dataflow graph between leaf layers (residual branches included where the framework shows them)."""
+        layers = [layer for layer in self.layers()]
+        nodes = (GraphNode("input", "Input", False, 0),) + tuple(GraphNode(l.name, l.kind, True, 0) for l in layers)
+        names = [n.name for n in nodes]
+        return LayerGraph(nodes, tuple(zip(names, names[1:])), traced=False)
 
     def is_out_of_memory(self, error: BaseException) -> bool:
         """True for the framework's device out-of-memory error."""

@@ -7,6 +7,7 @@ import copy
 import gc
 import os
 import threading
+import weakref
 from typing import Iterator, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -17,7 +18,10 @@ import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 
 from ..errors import LayerError, ModelRejected, ParameterError  # noqa: E402
-from .base import LayerInfo, LayerPass, ModelAdapter, only_resamples, token_grid  # noqa: E402
+from .base import (  # noqa: E402
+    CANCELLATION, GraphNode, LayerGraph, LayerInfo, LayerPass, ModelAdapter, StatisticsPass, finish_moments, moments,
+    only_resamples, token_grid,
+)
 
 DEFAULT_INPUT_SIZE = (224, 224, 3)
 _growth_lock = threading.Lock()
@@ -367,6 +371,207 @@ class KerasAdapter(ModelAdapter):
             twin._find_softmax_head()  # the clone's own features model and final layer
         twin.fingerprint = f"{self.fingerprint}|randomised:{len(names)}:{seed}"
         return twin
+
+    # ------------------------------------------------------------------ inspection: every layer at once
+    def _moments_kwargs(self, output) -> dict:
+        """Reduce one layer output [N, ...] in TensorFlow; only [N, C] arrays go to the host.
+
+        The usual case (everything finite) takes per-channel sums, sums of squares, minima and maxima
+        and a count of non-zeros; NaN/Inf counts and finite-only statistics are computed only when the
+        sums show something not finite.
+        """
+        t = output if output.dtype == tf.float32 else tf.cast(output, tf.float32)
+        n = int(t.shape[0])
+        if len(t.shape) == 1:
+            v = tf.reshape(t, (n, 1, 1))
+        else:
+            if len(t.shape) == 4 and self.layout == "NCHW":
+                t = tf.transpose(t, (0, 2, 3, 1))
+            v = tf.reshape(t, (n, -1, int(t.shape[-1])))  # [N, positions, channels]
+        sums = tf.stack([
+            tf.reduce_sum(v, axis=1), tf.reduce_sum(tf.square(v), axis=1), tf.reduce_min(v, axis=1), tf.reduce_max(v, axis=1)
+        ])
+        host = sums.numpy().astype(np.float64)
+        if np.all(np.isfinite(host)):
+            size = int(np.prod(t.shape))
+            return dict(
+                sums=(host[0], host[1], int(v.shape[1])), zeros=size - int(tf.math.count_nonzero(t)),
+                nan=np.zeros(n, dtype=np.int64), inf=np.zeros(n, dtype=np.int64), cmin=host[2], cmax=host[3],
+                exact=lambda: (tf.math.reduce_std(tf.cast(t, tf.float64)), tf.reduce_mean(tf.cast(t, tf.float64))),
+            )
+        mask = tf.math.is_finite(v)
+        count = int(tf.math.count_nonzero(mask))
+        values = tf.where(mask, tf.cast(v, tf.float64), tf.zeros((), tf.float64))
+        per_channel = tf.math.count_nonzero(mask, axis=1, dtype=tf.float64)
+        cmax = tf.reduce_max(tf.where(mask, v, -np.inf), axis=1)
+        cmin = tf.reduce_min(tf.where(mask, v, np.inf), axis=1)
+        mean = std = None
+        if count:
+            mean = float(tf.reduce_sum(values)) / count
+            std = float(tf.sqrt(tf.reduce_sum(tf.where(mask, (values - mean) ** 2, 0.0)) / count))
+        flat = tf.reshape(v, (n, -1))
+        return dict(
+            finite=count, mean=mean, std=std, zeros=int(tf.math.count_nonzero(tf.equal(v, 0.0))),
+            minimum=float(tf.reduce_min(cmin)) if count else None, maximum=float(tf.reduce_max(cmax)) if count else None,
+            nan=tf.math.count_nonzero(tf.math.is_nan(flat), axis=1).numpy(),
+            inf=tf.math.count_nonzero(tf.math.is_inf(flat), axis=1).numpy(),
+            channel_mean=(tf.reduce_sum(values, axis=1) / tf.maximum(per_channel, 1.0)).numpy(),
+            cmin=tf.where(per_channel > 0, cmin, 0.0).numpy(), cmax=tf.where(per_channel > 0, cmax, 0.0).numpy(),
+        )
+
+    def layer_statistics(self, batch, targets=None, *, gradients=True):
+        if gradients:
+            fast = self._compiled_statistics(batch, targets)
+            if fast is not None:
+                return fast
+        return self._eager_statistics(batch, targets, gradients=gradients)
+
+    def _statistics_graph(self, x, targets):
+        """Traced once per input signature with every layer's ``call`` wrapped (so the wrappers see the
+        symbolic outputs); the graph it leaves holds only the reductions, run without Python."""
+        recorded = []
+        tape = tf.GradientTape(watch_accessed_variables=False)
+
+        def record(path, output):
+            if isinstance(output, (list, tuple, dict)) or not hasattr(output, "shape") or len(output.shape) == 0:
+                return
+            if not output.dtype.is_floating or any(d == 0 for d in output.shape[1:]):
+                return
+            tape.watch(output)
+            recorded.append((path, output))
+
+        self._recorder = record
+        with tape:
+            out = self._call(x)
+            chosen = tf.where(targets < 0, tf.argmax(out, axis=1, output_type=tf.int32), targets)
+            selected = tf.reduce_sum(tf.gather(out, chosen, axis=1, batch_dims=1))
+        grads = tape.gradient(selected, [t for _, t in recorded], unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        meta, values = [], []
+        n = tf.shape(x)[0]
+        for (path, t), g in zip(recorded, grads):
+            t32 = tf.cast(t, tf.float32)
+            if len(t.shape) == 4 and self.layout == "NCHW":
+                t32 = tf.transpose(t32, (0, 2, 3, 1))
+            channels = int(t32.shape[-1]) if len(t.shape) > 1 else 1
+            v = tf.reshape(t32, (n, -1, channels))
+            sums = tf.stack([tf.reduce_sum(v, axis=1), tf.reduce_sum(tf.square(v), axis=1), tf.reduce_min(v, axis=1), tf.reduce_max(v, axis=1)])
+            norm = tf.norm(tf.reshape(tf.cast(g, tf.float32), (n, -1)), axis=1)
+            shape = tuple(int(d) for d in t.shape[1:])
+            if len(t.shape) == 4 and self.layout == "NCHW":
+                shape = (shape[1], shape[2], shape[0])
+            meta.append((path, shape))
+            values.append((sums, tf.math.count_nonzero(t32), norm))
+        self._statistics_meta = meta
+        return out, chosen, values
+
+    def _compiled_statistics(self, batch, targets):
+        """The statistics pass as one compiled function; None when a layer's output is not finite or its
+        variance from sums would cancel: then the eager pass counts NaN/Inf and recomputes exactly."""
+        cached = getattr(self, "_statistics_fn", None)  # (owner, function): a view (copy.copy) makes its own
+        if cached is None or cached[0]() is not self:
+            cached = self._statistics_fn = (weakref.ref(self), tf.function(self._statistics_graph, reduce_retracing=True))
+        given = np.full(len(batch), -1, np.int32) if targets is None else np.asarray(targets, np.int32)
+        with self._capture(self._layers_by_path, lambda path, out: self._recorder(path, out)), tf.device(self._device):
+            out, chosen, values = cached[1](self._to_tensor(batch), tf.convert_to_tensor(given))
+        found = {}
+        for (path, shape), (sums, nonzero, norm) in zip(self._statistics_meta, values):
+            host = sums.numpy().astype(np.float64)
+            if not np.all(np.isfinite(host)):
+                return None
+            total, squares = host[0], host[1]
+            positions = int(np.prod(shape)) // max(1, host.shape[-1])
+            size = total.size * positions
+            mean, mean_square = total.sum() / size, squares.sum() / size
+            if mean_square > CANCELLATION * max(mean_square - mean * mean, 0.0):  # variance from sums would cancel
+                return None
+            none = np.zeros(len(batch), dtype=np.int64)
+            values_ = finish_moments(
+                shape, sums=(total, squares, positions), zeros=size - int(nonzero), nan=none, inf=none, cmin=host[2], cmax=host[3]
+            )
+            found.pop(path, None)  # a layer called twice: its last call counts, in its place
+            found[path] = (values_, norm.numpy().astype(np.float64))
+        layers = tuple(moments(path, grad_norm=norm, **values_) for path, (values_, norm) in found.items())
+        return StatisticsPass(outputs=np.asarray(out, dtype=np.float32), targets=np.asarray(chosen, dtype=np.int64), layers=layers)
+
+    def _eager_statistics(self, batch, targets=None, *, gradients=True):
+        found: dict[str, dict] = {}
+        kept: dict[str, object] = {}
+        tape = tf.GradientTape(watch_accessed_variables=False)
+
+        def record(path, output):
+            if isinstance(output, (list, tuple, dict)) or not hasattr(output, "shape") or len(output.shape) == 0:
+                return
+            if int(np.prod(output.shape)) == 0:
+                return
+            shape = tuple(int(s) for s in output.shape[1:])
+            if len(output.shape) == 4 and self.layout == "NCHW":
+                shape = (shape[1], shape[2], shape[0])
+            with tape.stop_recording():
+                values = finish_moments(shape, **self._moments_kwargs(output))
+            found.pop(path, None)  # a layer called twice: its last call counts, in its place
+            found[path] = values
+            if gradients and output.dtype.is_floating:
+                tape.watch(output)
+                kept[path] = output
+
+        with self._capture(self._layers_by_path, record), tf.device(self._device):
+            with tape:
+                out = self._call(self._to_tensor(batch))
+                if targets is None:
+                    targets = np.asarray(tf.argmax(out, axis=1))
+                selected = tf.reduce_sum(tf.gather(out, self._targets(targets), axis=1, batch_dims=1))
+            norms = {}
+            if gradients and kept:
+                names = list(kept)
+                grads = tape.gradient(selected, [kept[k] for k in names], unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                n = len(batch)
+                norms = {
+                    k: tf.norm(tf.reshape(tf.cast(g, tf.float64), (n, -1)), axis=1).numpy() for k, g in zip(names, grads)
+                }
+        layers = []
+        for name, values in found.items():
+            grad = norms.get(name, np.zeros(len(batch))) if gradients else None
+            layers.append(moments(name, grad_norm=grad, **values))
+        return StatisticsPass(
+            outputs=np.asarray(out, dtype=np.float32), targets=np.asarray(targets, dtype=np.int64), layers=tuple(layers)
+        )
+
+    def layer_weights(self, layer):
+        target = self._get_layer(layer)
+        if isinstance(target, keras.Model):
+            return {}  # a nested model's weights belong to its own layers
+        weights = {}
+        for w in target.weights:
+            name = w.name if w.name not in weights else f"{w.name}_{len(weights)}"
+            weights[name] = np.asarray(w.numpy(), dtype=np.float32)
+        return weights
+
+    def layer_graph(self):
+        nodes = [GraphNode("input", "Input", False, 0)]
+        edges = []
+        known = {}
+        for layer in self.model.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                known[layer.name] = "input"
+                continue
+            known[layer.name] = layer.name
+            nodes.append(GraphNode(layer.name, type(layer).__name__, True, int(layer.count_params()) if layer.built else 0))
+        for layer in self.model.layers:
+            if isinstance(layer, keras.layers.InputLayer):
+                continue
+            for node in getattr(layer, "_inbound_nodes", []):
+                for parent in node.parent_nodes:
+                    source = known.get(parent.operation.name)
+                    if source is not None and (source, layer.name) not in edges:
+                        edges.append((source, layer.name))
+        if not edges:
+            return super().layer_graph()
+        nodes.append(GraphNode("output", "Output", False, 0))
+        for tensor in self.model.outputs:
+            history = getattr(tensor, "_keras_history", None)
+            if history is not None and history.operation.name in known:
+                edges.append((known[history.operation.name], "output"))
+        return LayerGraph(tuple(nodes), tuple(edges), traced=True)
 
     def parameter_count(self) -> int:
         return int(self.model.count_params())

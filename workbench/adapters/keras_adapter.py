@@ -420,6 +420,7 @@ class KerasAdapter(ModelAdapter):
         )
 
     def layer_statistics(self, batch, targets=None, *, gradients=True):
+        self._ensure_validated()  # validation's own forward pass must not run through this call's hooks
         if gradients:
             fast = self._compiled_statistics(batch, targets)
             if fast is not None:
@@ -547,6 +548,7 @@ class KerasAdapter(ModelAdapter):
         return weights
 
     def layer_graph(self):
+        self._ensure_validated()  # validation's own forward pass must not run through this call's hooks
         nodes = [GraphNode("input", "Input", False, 0)]
         edges = []
         known = {}

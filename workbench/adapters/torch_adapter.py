@@ -394,6 +394,7 @@ class TorchAdapter(ModelAdapter):
         return (shape[1], shape[2], shape[0]) if t.ndim == 4 else shape
 
     def layer_statistics(self, batch, targets=None, *, gradients=True):
+        self._ensure_validated()  # validation's own forward pass must not run through this call's hooks
         if isinstance(self.module, torch.jit.ScriptModule):
             raise LayerError("TorchScript models expose no layers; upload a state_dict or an ONNX export to inspect them.")
         x = self._to_tensor(batch)
@@ -494,6 +495,7 @@ class TorchAdapter(ModelAdapter):
         residual block, ``flatten`` — so branches are real edges. ``torch.fx`` tracing is not used: it patches
         ``nn.Module.__call__`` for every model in the process while it runs.
         """
+        self._ensure_validated()  # validation's own forward pass must not run through this call's hooks
         if isinstance(self.module, torch.jit.ScriptModule):
             return super().layer_graph()
         from torch.overrides import TorchFunctionMode

@@ -86,7 +86,7 @@ with st.sidebar:
         st.caption("No model loaded yet.")
     st.caption(f"Images: {len(workspace.images)} · Device: {session.device_description(workspace)}")
     if sharing.login_enabled():
-        st.caption(f"Signed in as {sharing.current_owner() or 'an unnamed user'}")
+        st.caption(f"Signed in as {controls.plain(sharing.current_owner() or 'an unnamed user')}")
         if st.button("Sign out", key="app_logout", icon=":material/logout:"):
             st.logout()
     with st.expander("Versions"):

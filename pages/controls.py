@@ -158,12 +158,12 @@ def grid(
     top = st.columns(widths)
     top[0].markdown("**Image**")
     for col, header in zip(top[1:], headers):
-        col.markdown(f"**{header}**")
+        col.markdown(f"**{plain(header)}**")
     if extra:
         top[-1].markdown("**Agreement**")
     for i, ((caption, pixels), row, row_scales) in enumerate(zip(images, results, scales(results, display))):
         cols = st.columns(widths, vertical_alignment="top")
-        cols[0].image(_enlarge(render.to_uint8(pixels)), caption=caption, width="stretch")
+        cols[0].image(_enlarge(render.to_uint8(pixels)), caption=plain(caption), width="stretch")
         if downloads:
             name, data = downloads[i]
             cols[0].download_button(
@@ -176,14 +176,23 @@ def grid(
                 note += f" · gap {result.completeness_ratio:.1%}"
             col.image(picture(pixels, result, display, scale), caption=note, width="stretch")
             for warning in result.notes:
-                col.caption(f"⚠ {warning}")
+                col.caption(f"⚠ {plain(warning)}")
         if extra:
             cols[-1].markdown(extra[i])
 
 
 def plain(text: object) -> str:
-    """Text for st.markdown shown as it is: file names and e-mail addresses are not markup."""
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~<>$@:])", r"\\\1", str(text))
+    """Text for any element that renders Markdown (markdown, caption, subheader, error, image captions,
+    spinner and status labels), shown as it is: file names, class names and e-mail addresses are not markup.
+
+    Every character Markdown, GitHub's extensions or Streamlit's directives give a meaning is escaped:
+    links and images (``[`` ``!``), HTML (``<``), autolinks (``:`` ``@``), emphasis, code, tables, maths,
+    colours and icons (``:red[``, ``:material/...:``); a leading list or heading marker too. Line breaks
+    become spaces, so a name cannot start a block of its own.
+    """
+    text = " ".join(str(text).split())
+    text = re.sub(r"([\\`*_{}\[\]()#+!|~<>$@:=^&])", r"\\\1", text)
+    return re.sub(r"^(\d+)([.)])|^([-.])", lambda m: f"{m[1]}\\{m[2]}" if m[1] else f"\\{m[3]}", text)
 
 
 def method_title(name: str) -> str:

@@ -72,7 +72,7 @@ background = list(ws.images.values()) if use_images else None
 try:
     plans = [session.plan(ws, m, entries, methods, session.params_for(m, params), seed, background=background) for m in models]
 except WorkbenchError as error:
-    st.error(str(error), icon=":material/block:")
+    st.error(controls.plain(error), icon=":material/block:")
     st.stop()
 
 todo = sum(p.results_to_compute for p in plans)
@@ -85,7 +85,7 @@ if rerun_of and autorun:
 if rerun_of and rerun_of.get("key") == keys[0]:  # only while the page shows what the Re-run computed
     st.info(f"Re-run of saved run `{rerun_of['run_id'][:12]}…` with its model, images, methods, parameters and seed.", icon=":material/replay:")
     for note in rerun_of["notes"]:
-        st.warning(note, icon=":material/warning:")
+        st.warning(controls.plain(note), icon=":material/warning:")
 run_col, cost_col = st.columns([1, 5], vertical_alignment="center")
 pressed = run_col.button("Run", type="primary", disabled=todo == 0, icon=":material/play_arrow:", key="explain_run")
 if todo:
@@ -130,7 +130,7 @@ if pressed or (autorun and todo):
                     progress=lambda f, message, n=n, p=prefix: bar.progress(min(1.0, (n + f) / len(models)), text=p + message),
                 )
         except WorkbenchError as error:
-            status.update(label=str(error), state="error")
+            status.update(label=controls.plain(error), state="error")
         except Exception as error:  # noqa: BLE001 - the app keeps working; the traceback is for the operator
             log.exception("explaining failed")
             status.update(label=f"The run failed ({type(error).__name__}); the details are in the server log.", state="error")
@@ -154,7 +154,7 @@ display = controls.display_options()
 with st.container(border=True):
     if not all(saved):
         if st.session_state.get("explain_save_notice"):
-            st.error(st.session_state["explain_save_notice"], icon=":material/cloud_off:")
+            st.error(controls.plain(st.session_state["explain_save_notice"]), icon=":material/cloud_off:")
         else:  # assembled from maps computed for other settings: saving them is the user's choice
             st.caption("These maps were computed earlier in this session, for other settings, and are not saved yet.")
         if st.button("Save & share", key="explain_save", icon=":material/share:"):

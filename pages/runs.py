@@ -10,7 +10,7 @@ import streamlit as st
 import explainers
 from pages import controls
 from workbench import session, sharing
-from workbench.errors import RunNotFound
+from workbench.errors import RunNotFound, WorkbenchError
 from workbench.settings import get_settings
 from workbench.store import NotRunOwner
 
@@ -26,6 +26,9 @@ def when(timestamp: float) -> str:
 st.title("Runs")
 try:
     store = sharing.run_store()
+except WorkbenchError as error:  # the operator's data directory or database: the message says which
+    st.error(controls.plain(error), icon=":material/cloud_off:")
+    st.stop()
 except Exception as error:  # noqa: BLE001 - the app keeps working; the traceback is for the operator
     log.exception("the run store is not available")
     st.error(f"Saved runs are not available ({type(error).__name__}); the details are in the server log.", icon=":material/cloud_off:")
@@ -54,7 +57,7 @@ only_mine = me is not None and mine_col.toggle("Only my runs", key="runs_mine")
 runs = store.list_runs(model=model, method=method, owner=me if only_mine else None, limit=LISTED)
 
 if st.session_state.get("runs_notice"):
-    st.error(st.session_state.pop("runs_notice"), icon=":material/block:")
+    st.error(controls.plain(st.session_state.pop("runs_notice")), icon=":material/block:")
 if not runs:
     st.info("No saved runs" + (" match these filters." if model or method or only_mine else " yet: every run on Explain & compare is saved here."))
     st.page_link("pages/explain.py", label="Explain & compare", icon=":material/compare:")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,30 @@ def chart_titles(at: AppTest) -> list[str]:
         title = spec.get("title")
         titles.append(title.get("text") if isinstance(title, dict) else title or "")
     return titles
+
+
+def shown(value: str) -> str:
+    """What a Markdown element displays for text escaped by pages.controls.plain: the escapes removed."""
+    return re.sub(r"\\(.)", r"\1", value)
+
+
+def rendered(value: str) -> tuple[str, str]:
+    """Markdown source -> (HTML as CommonMark renders it, the text a reader sees)."""
+    import html
+
+    from markdown_it import MarkdownIt  # rich's Markdown parser, installed with Streamlit
+
+    page_html = MarkdownIt("commonmark").enable("table").enable("strikethrough").render(value)
+    return page_html, html.unescape(re.sub(r"<[^>]+>", "", page_html)).strip()
+
+
+def markdown_texts(at: AppTest) -> list[str]:
+    """The source of every element Streamlit renders as Markdown, main area and sidebar."""
+    texts = []
+    for kind in ("markdown", "caption", "title", "header", "subheader", "error", "warning", "info", "success"):
+        texts += [el.value for el in at.get(kind)] + [el.value for el in getattr(at.sidebar, kind, [])]
+    texts += [caption for el in at.get("image") for caption in el.captions if caption]
+    return texts
 
 
 def load_zoo_and_sample(at: AppTest, model: str = "shapes-cnn-torch", sample: str | None = None) -> None:
@@ -212,7 +237,7 @@ def test_parameter_over_a_cap_shows_the_message():
     page(at, "pages/explain.py")
     at.number_input(key="explain_integrated_gradients_steps").set_value(10_000).run()
     assert not at.exception
-    assert any("cap" in e.value and "WORKBENCH_MAX_IG_STEPS" in e.value for e in at.error)
+    assert any("cap" in e.value and "WORKBENCH_MAX_IG_STEPS" in shown(e.value) for e in at.error)
 
 
 @needs_zoo
@@ -242,7 +267,7 @@ def test_sidebar_switches_the_active_model():
     at.selectbox(key="sidebar_model").set_value("shapes-cnn-torch").run()
     assert not at.exception
     assert ws.active == "shapes-cnn-torch"
-    assert any("Active model: shapes-cnn-torch" in h.value for h in at.subheader)
+    assert any("Active model: shapes-cnn-torch" in shown(h.value) for h in at.subheader)
 
 
 # --------------------------------------------------------------------------- uploads
@@ -260,6 +285,42 @@ def test_keras_model_and_png_through_the_file_uploaders(keras_bytes):
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert [e.name for e in ws.images.values()] == ["sample.png"]
     assert at.selectbox(key=next(k for k in at.session_state if str(k).startswith("images_target_"))) is not None
+
+
+def test_markdown_in_file_and_class_names_is_shown_as_literal_text(keras_bytes):
+    """A file name is not markup: no page turns one into a link, a remote image or HTML."""
+    name = "[Sign in again](https://evil.example/login) ![px](https://evil.example/px.png).keras"
+    image_name = "<b>x</b> [y](https://evil.example/y).png"
+    label = "**bold** [z](https://evil.example/z)"
+    at = start()
+    at.file_uploader(key="models_upload").set_value((name, keras_bytes, "application/octet-stream")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    record = workspace(at).model
+    assert record.name == name
+    labels = "\n".join([label] + [f"class {k}" for k in range(1, record.adapter.num_classes)])
+    at.file_uploader(key=f"models_labels_{record.id}").set_value(("labels.txt", labels.encode(), "text/plain")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    page(at, "pages/images.py")
+    at.file_uploader(key="images_upload").set_value([(image_name, png_bytes(), "image/png")]).run()
+    seen = markdown_texts(at)
+    page(at, "pages/models.py")
+    seen += markdown_texts(at)
+    page(at, "pages/explain.py")
+    at.multiselect(key="explain_methods").set_value(["gradcam"]).run()
+    at.button(key="explain_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    seen += markdown_texts(at)
+
+    for text in (name, image_name):
+        assert any(text in shown(value) for value in seen), f"{text!r} is shown"
+    for value in seen:
+        page_html, text = rendered(value)
+        assert "<b>" not in page_html, value
+        if "evil.example" in value:  # the page's own links (a method's paper) are fine; a user's never are
+            assert "<a " not in page_html and "<img" not in page_html, value
+            assert re.search(r"(?<!\\)://", value) is None, f"an autolink in {value!r}"
+            assert any(n in text for n in (name, image_name, label)), f"{value!r} reads {text!r}"
+    assert f"Active model: {name}" in [rendered(v)[1] for v in seen]
 
 
 def test_labels_file_applies_or_is_refused_with_its_message(keras_bytes):
@@ -294,7 +355,7 @@ def test_refused_upload_shows_its_message_and_the_next_upload_works(keras_bytes)
     noise = np.random.default_rng(0).bytes(4096)
     at.file_uploader(key="models_upload").set_value(("weights.pt", noise, "application/octet-stream")).run()
     assert not at.exception
-    assert len(at.error) == 1 and "weights.pt" in at.error[0].value
+    assert len(at.error) == 1 and "weights.pt" in shown(at.error[0].value)
     assert "Traceback" not in at.error[0].value and "\n" not in at.error[0].value
     assert workspace(at).model is None
 
@@ -308,7 +369,7 @@ def test_refused_image_shows_its_message_and_the_next_image_works():
     page(at, "pages/images.py")
     at.file_uploader(key="images_upload").set_value([("scan.pdf", b"%PDF-1.7 not an image", "application/pdf")]).run()
     assert not at.exception
-    assert len(at.error) == 1 and "scan.pdf" in at.error[0].value
+    assert len(at.error) == 1 and "scan.pdf" in shown(at.error[0].value)
     at.file_uploader(key="images_upload").set_value([("sample.png", png_bytes(), "image/png")]).run()
     assert not at.exception and not at.error
     assert len(workspace(at).images) == 1

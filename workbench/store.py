@@ -70,6 +70,11 @@ class NotRunOwner(WorkbenchError, PermissionError):
     """Someone other than a run's owner asked to delete it."""
 
 
+class StoreUnavailable(WorkbenchError):
+    """The data directory or the run database cannot be used (a file where a folder should be, a damaged
+    database, no permission): an operator's problem, told in one line."""
+
+
 class RunDamaged(WorkbenchError):
     """A stored run references blob data that is missing or does not match its hash."""
 
@@ -184,6 +189,24 @@ def _from_json(value: Any) -> Any:
     return value
 
 
+def base_name(name: object) -> str:
+    """A file name without its directories (either separator): a stored run never records where a file
+    lay on the machine that saved it (``explain --save /home/me/cases/x.png`` stores ``x.png``)."""
+    text = str(name).replace("\\", "/").rstrip("/")
+    return text.rsplit("/", 1)[-1] or "file"
+
+
+def _stored_names(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary with base names for the model and every image."""
+    model = dict(summary.get("model") or {})
+    if "name" in model:
+        model["name"] = base_name(model["name"])
+    if isinstance(model.get("loaded_as"), Mapping) and model["loaded_as"].get("filename"):
+        model["loaded_as"] = {**model["loaded_as"], "filename": base_name(model["loaded_as"]["filename"])}
+    images = [{**item, "name": base_name(item["name"])} for item in summary.get("images", [])]
+    return {**summary, "model": model, "images": images}
+
+
 def _text(value: object, limit: int = _MAX_TEXT) -> str:
     return str(value).replace("\x00", "")[:limit]
 
@@ -218,11 +241,30 @@ class RunStore:
         self.settings = get_settings()
         self.data_dir = Path(data_dir if data_dir is not None else self.settings.data_dir).resolve()
         self.blob_dir = self.data_dir / "blobs"
-        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise StoreUnavailable(
+                f"The data directory {self.data_dir} is a file, not a folder; point WORKBENCH_DATA_DIR at a folder."
+            )
+        try:
+            self.blob_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"The data directory {self.data_dir} cannot be used ({exc.strerror or type(exc).__name__}); "
+                "point WORKBENCH_DATA_DIR at a folder this process can write."
+            ) from None
         url = database_url or self.settings.database_url or f"sqlite:///{self.data_dir / 'workbench.sqlite3'}"
         self.engine = _make_engine(url)
         self._local_lock = threading.Lock()  # stands in for flock where fcntl is missing
-        metadata.create_all(self.engine)
+        try:
+            metadata.create_all(self.engine)
+        except sa.exc.DatabaseError as exc:
+            self.engine.dispose()
+            where = sa.make_url(url).render_as_string(hide_password=True)
+            reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
+            raise StoreUnavailable(
+                f"The run database {where} cannot be used ({reason}); restore it from a backup, or move the "
+                "file away to start with an empty one."
+            ) from None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -275,7 +317,7 @@ class RunStore:
                 if attribution.channels is not None:
                     blobs[f"channels/{i}/{j}"] = _npy(attribution.channels)
 
-        summary = comparison.summary()
+        summary = _stored_names(comparison.summary())
         summary["run_id"] = run_id
         summary["owner"] = owner
         created = float(comparison.created) if comparison.created and math.isfinite(comparison.created) else time.time()
@@ -284,7 +326,7 @@ class RunStore:
             "created": created,
             "saved": time.time(),
             "owner": None if owner is None else _text(owner),
-            "model_name": _text(model_name),
+            "model_name": _text(base_name(model_name)),
             "model_fingerprint": _text(comparison.model.get("fingerprint", ""), 128),
             "methods": " " + " ".join(_text(m, 64) for m in comparison.methods) + " ",
             "image_count": len(comparison.images),

@@ -323,6 +323,42 @@ def test_markdown_in_file_and_class_names_is_shown_as_literal_text(keras_bytes):
     assert f"Active model: {name}" in [rendered(v)[1] for v in seen]
 
 
+def tiny_onnx(channels: int) -> bytes:
+    """A small untrained CNN for ``channels``-channel 32 x 32 input, exported to ONNX."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    module = nn.Sequential(
+        nn.Conv2d(channels, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    ).eval()
+    buffer = io.BytesIO()
+    torch.onnx.export(module, torch.rand(1, channels, 32, 32), buffer, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    return buffer.getvalue()
+
+
+def test_other_channel_counts_are_refused_at_intake_and_greyscale_works_on_every_page():
+    at = start()
+    at.file_uploader(key="models_upload").set_value(("five.onnx", tiny_onnx(5), "application/octet-stream")).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "5-channel" in at.error[0].value, [e.value for e in at.error]
+    assert workspace(at).model is None
+
+    at.file_uploader(key="models_upload").set_value(("grey.onnx", tiny_onnx(1), "application/octet-stream")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert workspace(at).model.adapter.input_size == (32, 32, 1)
+    page(at, "pages/images.py")
+    at.file_uploader(key="images_upload").set_value([("colour.png", png_bytes(), "image/png")]).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    page(at, "pages/explain.py")
+    at.multiselect(key="explain_methods").set_value(["gradcam", "saliency"]).run()
+    at.button(key="explain_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    for path in PAGES:
+        page(at, path)
+        assert not at.error, (path, [e.value for e in at.error])
+
+
 def test_labels_file_applies_or_is_refused_with_its_message(keras_bytes):
     at = start()
     at.file_uploader(key="models_upload").set_value(("shapes_cnn.keras", keras_bytes, "application/octet-stream")).run()

@@ -136,7 +136,8 @@ def test_every_page_renders_without_a_model():
         page(at, path)
         if path != "pages/about.py":
             assert at.info, f"{path} says what to do first"
-    assert [m.label for m in at.metric] == ["Device", "Trusted formats"]
+    assert [m.label for m in at.metric] == ["Device", "Trusted formats", "Sign-in"]
+    assert at.metric[2].value == "off" and any("Sign-in is off" in c.value for c in at.caption)
 
 
 def test_home_page_imports_no_framework():

@@ -235,7 +235,7 @@ def test_malformed_and_unknown_links_show_a_clear_message(data_dir):
         ok(at.run())
         assert len(at.error) == 1, (run_id, [e.value for e in at.error])
         message = at.error[0].value
-        assert "not valid" in message or "No saved run" in message, message
+        assert "not valid" in message or "not available" in message, message
         assert run_id[:20] not in message or not run_id, "the id is not echoed back"
         assert not at.image and not at.code
 
@@ -343,15 +343,63 @@ def test_login_gates_the_app_records_the_owner_and_only_the_owner_deletes(data_d
     assert {r.run_id: r.owner for r in store.list_runs()} == {mine: "alice@example.org", bob: "bob@example.org"}
 
     ok(at.switch_page("pages/runs.py").run())
-    ok(at.toggle(key="runs_mine").set_value(True).run())
-    assert open_buttons(at) == [mine]
-    ok(at.toggle(key="runs_mine").set_value(False).run())
-    ok(at.button(key=f"runs_delete_{bob}").click().run())
-    assert any("Only the person who saved this run" in e.value for e in at.error)
+    assert open_buttons(at) == [mine], "with sign-in, a user lists their own runs"
+    assert not any(t.label == "Only my runs" for t in at.toggle), "nothing but one's own to filter"
     ok(at.button(key=f"runs_delete_{mine}").click().run())
-    assert open_buttons(at) == [bob] and not at.error
+    assert open_buttons(at) == [] and not at.error
     with pytest.raises(NotRunOwner):
         store.delete(bob, requester="alice@example.org")
+
+
+def signed_in_as(email: str, run_id: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.secrets = dict(AUTH)
+    at.user = {"is_logged_in": True, "email": email, "name": email.split("@")[0]}
+    if run_id is not None:
+        at.query_params["run"] = run_id
+    return ok(at.run())
+
+
+def test_with_sign_in_runs_are_private_links_open_them_and_the_owner_revokes_a_link(data_dir, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_OPERATORS", "Ops@Example.org")
+    with RunStore() as store:
+        alices = save_small(store, "net-a", owner="alice@example.org", seed=1)
+        bobs = save_small(store, "net-b", owner="bob@example.org", seed=2)
+
+    bob = signed_in_as("bob@example.org")
+    ok(bob.switch_page("pages/runs.py").run())
+    assert open_buttons(bob) == [bobs], "Alice's run is not listed for Bob"
+    assert [o for o in bob.selectbox(key="runs_model").options] == ["All models", "net-b"], "nor its model's name"
+    # Bob opens Alice's run through its link, the capability
+    linked = signed_in_as("bob@example.org", alices)
+    assert not linked.error, [e.value for e in linked.error]
+    assert any("Read-only view of a saved run" in c.value for c in linked.caption) and len(linked.image) == 3
+
+    alice = signed_in_as("alice@example.org")
+    ok(alice.switch_page("pages/runs.py").run())
+    assert open_buttons(alice) == [alices]
+    ok(alice.button(key=f"runs_revoke_{alices}").click().run())
+    assert not alice.error, [e.value for e in alice.error]
+    [moved] = open_buttons(alice)
+    assert moved != alices, "the run stays, under a new link"
+
+    # the old link: not available, in Bob's session that had it open and in a fresh one
+    for at in (ok(linked.run()), signed_in_as("bob@example.org", alices)):
+        assert len(at.error) == 1 and "not available" in at.error[0].value, [e.value for e in at.error]
+        assert not at.image
+    again = signed_in_as("bob@example.org", moved)
+    assert not again.error and len(again.image) == 3, "the new link works"
+
+    # an operator lists everyone's runs and may narrow to their own; About says which mode is on
+    ops = signed_in_as("ops@example.org")
+    ok(ops.switch_page("pages/runs.py").run())
+    assert open_buttons(ops) == [bobs, moved]
+    assert any(t.label == "Only my runs" for t in ops.toggle)
+    ok(ops.switch_page("pages/about.py").run())
+    assert [m.value for m in ops.metric if m.label == "Sign-in"] == ["on"]
+    assert any("you are an operator" in c.value for c in ops.caption)
+    with RunStore() as store, pytest.raises(NotRunOwner):
+        store.revoke_link(bobs, requester="alice@example.org")
 
 
 # --------------------------------------------------------------------------- retention

@@ -47,6 +47,11 @@ class Settings:
     database_url: str = ""
     public_base_url: str = "http://localhost:8501"
     retention_days: int = 30
+    operators: str = ""  # comma-separated e-mails who, with sign-in on, see every user's runs
+
+    @property
+    def operator_emails(self) -> frozenset[str]:
+        return frozenset(e.strip().lower() for e in self.operators.split(",") if e.strip())
 
     @property
     def data_path(self) -> Path:

@@ -88,6 +88,51 @@ def current_owner() -> str | None:
     return st.user.get("email") or st.user.get("sub") or None
 
 
+def is_operator(owner: str | None, settings: Settings | None = None) -> bool:
+    """With sign-in on: whether this user is one of the operators (setting WORKBENCH_OPERATORS)."""
+    return owner is not None and owner.strip().lower() in (settings or get_settings()).operator_emails
+
+
+@dataclasses.dataclass(frozen=True)
+class Visibility:
+    """Which saved runs a session lists. Without sign-in (single-user or trusted network) everyone sees every
+    run; with sign-in a user lists their own runs and opens anyone else's only through its share link,
+    and an operator lists all."""
+
+    login: bool
+    owner: str | None
+    operator: bool
+
+    @property
+    def lists_all(self) -> bool:
+        return not self.login or self.operator
+
+    def owner_filter(self, only_mine: bool = False) -> str | None:
+        """The ``owner`` argument for RunStore.list_runs."""
+        if self.lists_all and not only_mine:
+            return None
+        return self.owner or "\x00nobody"  # signed in without an e-mail: nothing is listed as theirs
+
+    @property
+    def mode(self) -> str:
+        if not self.login:
+            return (
+                "Sign-in is off (single user or trusted network): every saved run is listed for everyone who "
+                "opens this deployment."
+            )
+        return (
+            "Sign-in is on: each user's Runs page lists their own runs; anyone else sees a run only through its "
+            "share link, which its owner can revoke" + ("; you are an operator and see every run." if self.operator else ".")
+        )
+
+
+def visibility() -> Visibility:
+    """This session's view of the saved runs."""
+    login = login_enabled()
+    owner = current_owner()
+    return Visibility(login=login, owner=owner, operator=login and is_operator(owner))
+
+
 # ---------------------------------------------------------------------------- saving and opening
 @dataclasses.dataclass(frozen=True)
 class OpenedRun:
@@ -163,6 +208,9 @@ def open_run(ws: session.Workspace, run_id: object, store: RunStore) -> OpenedRu
     if not is_valid_run_id(run_id):
         raise RunNotFound(MALFORMED)
     found = ws.opened.get(run_id)
+    if found is not None and not store.exists(run_id):  # revoked or deleted since this session read it
+        forget_run(ws, run_id)
+        raise RunNotFound(store_not_found())
     if found is None:
         started = time.perf_counter()
         comparison = store.load(run_id)
@@ -213,6 +261,26 @@ def delete_run(ws: session.Workspace, run_id: str, store: RunStore, requester: s
     store.delete(run_id, requester=requester)
     forget_run(ws, run_id)
     log.info("deleted run %s", run_id)
+
+
+def revoke_link(ws: session.Workspace, run_id: str, store: RunStore, requester: str | None) -> str:
+    """Revoke a run's share link (same permission as delete): the old link shows "not available", the run
+    stays, under a new link -> the new run id. This session follows the run to its new id."""
+    new_id = store.revoke_link(run_id, requester=requester)
+    opened = ws.opened.get(run_id)
+    ws.opened.discard(run_id)
+    if opened is not None:
+        ws.opened.put(new_id, OpenedRun(dataclasses.replace(opened.comparison, run_id=new_id), opened.load_seconds))
+    for key in [k for k, v in ws.saved.items() if v == run_id]:
+        ws.saved[key] = new_id
+    log.info("revoked the link of run %s (now %s)", run_id, new_id)
+    return new_id
+
+
+def store_not_found() -> str:
+    from .store import _NOT_FOUND
+
+    return _NOT_FOUND
 
 
 def may_delete(record: RunRecord, requester: str | None) -> bool:

@@ -83,7 +83,10 @@ RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _BLOB_NAME = re.compile(r"[0-9a-f]{62}")
 _ID_BYTES = 24  # 192 bits
 _MAX_TEXT = 255
-_NOT_FOUND = "No saved run has this id; the link may be incomplete, or the run was deleted."
+_NOT_FOUND = (
+    "This run is not available: no saved run has this id. The link may be incomplete, or its owner "
+    "revoked the link or deleted the run."
+)
 
 metadata = sa.MetaData()
 
@@ -495,7 +498,52 @@ class RunStore:
             for r in rows
         ]
 
+    def exists(self, run_id: str) -> bool:
+        """Whether a run with this id is stored now (False for malformed ids, revoked links, deleted runs)."""
+        return is_valid_run_id(run_id) and self._exists(run_id)
+
+    def owner(self, run_id: str) -> str | None:
+        """The run's owner (None: saved without sign-in). Raises RunNotFound."""
+        run_id = _checked_id(run_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(runs_table.c.owner).where(runs_table.c.id == run_id)).first()
+        if row is None:
+            raise RunNotFound(_NOT_FOUND)
+        return row.owner
+
     # -- removing -------------------------------------------------------------------------------
+
+    def revoke_link(self, run_id: str, *, requester: str | None) -> str:
+        """Revoke a run's share link: the run moves to a new id (-> the new id), so the old link shows
+        "not available" while the owner keeps the run and can share it again. Same permission as delete.
+
+        Raises:
+            RunNotFound: the id is malformed or names no stored run.
+            NotRunOwner: the run has an owner and ``requester`` is someone else.
+        """
+        run_id = _checked_id(run_id)
+        new_id = new_run_id()
+        may_change = runs_table.c.owner.is_(None)
+        if requester is not None:
+            may_change = sa.or_(may_change, runs_table.c.owner == requester)
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(runs_table).where(runs_table.c.id == run_id, may_change)).mappings().first()
+            if row is None:
+                if conn.execute(sa.select(runs_table.c.id).where(runs_table.c.id == run_id)).first():
+                    raise NotRunOwner("Only the person who saved this run can revoke its link.")
+                raise RunNotFound(_NOT_FOUND)
+            moved = dict(row)
+            moved["id"] = new_id
+            summary = dict(_from_json(moved["summary"]))
+            summary["run_id"] = new_id
+            moved["summary"] = _to_json(summary)
+            # one transaction: the new row, the blob references moved over, the old row gone
+            conn.execute(runs_table.insert(), [moved])
+            conn.execute(run_blobs_table.update().where(run_blobs_table.c.run_id == run_id).values(run_id=new_id))
+            deleted = conn.execute(runs_table.delete().where(runs_table.c.id == run_id, may_change)).rowcount
+            if deleted != 1:  # changed hands or vanished in between: leave everything as it was
+                raise RunNotFound(_NOT_FOUND)
+        return new_id
 
     def delete(self, run_id: str, *, requester: str | None) -> None:
         """Delete a run and the blobs no other run uses. A run with an owner is deletable by that owner only.

@@ -45,7 +45,7 @@ class Settings:
     # storage and sharing
     data_dir: str = "./data"
     database_url: str = ""
-    public_base_url: str = "http://localhost:8501"
+    public_base_url: str = ""  # blank: share links use the address the browser used (the CLI: localhost:8501)
     retention_days: int = 30
     operators: str = ""  # comma-separated e-mails who, with sign-in on, see every user's runs
 

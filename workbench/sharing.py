@@ -55,10 +55,43 @@ def run_store(settings: Settings | None = None) -> RunStore:
 
 
 def link(run_id: str) -> str:
-    """The run's share link: WORKBENCH_PUBLIC_BASE_URL + ``server.baseUrlPath`` + ``/?run=<id>``."""
+    """The run's share link: the deployment's address + ``server.baseUrlPath`` + ``/?run=<id>``.
+
+    The address is WORKBENCH_PUBLIC_BASE_URL when the operator set it, else the one the browser used
+    (:func:`browser_base_url`), so a link works on any host, port or proxy the app was opened through.
+    """
     import streamlit as st
 
-    return share_link(run_id, base_path=st.get_option("server.baseUrlPath"))
+    base = get_settings().public_base_url or browser_base_url()
+    return share_link(run_id, base_url=base, base_path=st.get_option("server.baseUrlPath"))
+
+
+def browser_base_url() -> str | None:
+    """``scheme://host[:port]`` of the address this session's browser opened, or None outside a browser.
+
+    ``st.context.url`` (Streamlit >= 1.45) is the page's URL as the browser shows it; without it, the
+    request's ``Host`` header with ``X-Forwarded-Proto`` (a TLS-terminating proxy) or http.
+    """
+    import streamlit as st
+    from urllib.parse import urlsplit
+
+    try:
+        url = st.context.url
+    except Exception:  # noqa: BLE001 - no browser context (bare script, CLI)
+        url = None
+    if url:
+        parts = urlsplit(url)
+        if parts.scheme in ("http", "https") and parts.netloc:
+            return f"{parts.scheme}://{parts.netloc}"
+    try:
+        headers = st.context.headers
+        host = headers.get("Host")
+        scheme = (headers.get("X-Forwarded-Proto") or "http").split(",")[0].strip().lower()
+    except Exception:  # noqa: BLE001
+        return None
+    if host and scheme in ("http", "https") and "/" not in host and " " not in host:
+        return f"{scheme}://{host}"
+    return None
 
 
 # ---------------------------------------------------------------------------- login

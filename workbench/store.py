@@ -83,6 +83,7 @@ RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _BLOB_NAME = re.compile(r"[0-9a-f]{62}")
 _ID_BYTES = 24  # 192 bits
 _MAX_TEXT = 255
+DEFAULT_BASE_URL = "http://localhost:8501"  # links made without a browser (CLI) when no public URL is set
 _NOT_FOUND = (
     "This run is not available: no saved run has this id. The link may be incomplete, or its owner "
     "revoked the link or deleted the run."
@@ -148,13 +149,14 @@ def _checked_id(run_id: object) -> str:
 def share_link(run_id: str, *, base_url: str | None = None, base_path: str | None = None) -> str:
     """The URL that reopens a run: ``<public base URL>/<server.baseUrlPath>/?run=<id>``.
 
-    ``base_url`` defaults to the ``WORKBENCH_PUBLIC_BASE_URL`` setting; ``base_path`` is
+    ``base_url`` defaults to the ``WORKBENCH_PUBLIC_BASE_URL`` setting, else ``http://localhost:8501``
+    (the app passes the address the browser used instead, see :func:`workbench.sharing.link`); ``base_path`` is
     Streamlit's ``server.baseUrlPath`` (pass ``st.get_option("server.baseUrlPath")``).
     Slashes are normalised, and a base URL that already ends with the base path is not
     given it twice.
     """
     run_id = _checked_id(run_id)
-    base = (base_url if base_url is not None else get_settings().public_base_url).strip().rstrip("/")
+    base = (base_url or get_settings().public_base_url or DEFAULT_BASE_URL).strip().rstrip("/")
     path = "/".join(part for part in (base_path or "").split("/") if part)
     if path and not urlsplit(base).path.rstrip("/").endswith("/" + path):
         base = f"{base}/{path}"

@@ -42,11 +42,30 @@ def workspace(url_path: str) -> session.Workspace:
     return st.session_state["workspace"]
 
 
-def initial(key: str, value: Any) -> str:
-    """Give a widget its first value through Session State instead of a default argument, so that a saved
-    run's Re-run can set the value before the page draws the widget (:func:`preset_explain`); -> the key."""
-    st.session_state.setdefault(key, value)
-    return key
+KEPT = "kept_values"  # the values the user chose for Explain & compare's settings, outside any widget's state
+
+
+def _keep(key: str) -> None:
+    st.session_state[KEPT][key] = st.session_state[key]
+
+
+def kept(key: str, default: Any) -> dict[str, Any]:
+    """Keyword arguments that make a widget show, and return, the value the user last chose (else ``default``).
+
+    Streamlit drops a widget's state whenever a run does not draw it (another page, another model, the page
+    stopped early); the widget then came back at a default, and the next run silently used it. So the
+    chosen value lives in ``st.session_state[KEPT]``, is copied into the widget before it is drawn and is
+    copied back by ``on_change``: what a run uses is always what the page shows. :func:`set_kept` sets one.
+    """
+    values = st.session_state.setdefault(KEPT, {})
+    values.setdefault(key, default)
+    st.session_state[key] = values[key]
+    return {"key": key, "on_change": _keep, "args": (key,)}
+
+
+def set_kept(key: str, value: Any) -> None:
+    """Set a setting before its page draws it (Quick start, a saved run's Re-run)."""
+    st.session_state.setdefault(KEPT, {})[key] = value
 
 
 def method_params(record: session.LoadedModel, method: str, scope: str = "explain") -> dict[str, Any]:
@@ -65,17 +84,20 @@ def method_params(record: session.LoadedModel, method: str, scope: str = "explai
                 automatic = record.adapter.default_cam_layer()
             except WorkbenchError:
                 automatic = "none"
+            layer_key = f"{key}_{record.id}"
+            if st.session_state.get(KEPT, {}).get(layer_key, None) not in (None, *layers):
+                set_kept(layer_key, None)
             values[p.name] = st.selectbox(
                 "layer",
                 [None, *layers],
                 format_func=lambda name, auto=automatic: f"automatic ({auto})" if name is None else name,
-                key=f"{key}_{record.id}",
                 help=help_text,
+                **kept(layer_key, None),
             )
         elif p.choices:
-            values[p.name] = st.selectbox(p.name, list(p.choices), key=initial(key, p.default), help=help_text)
+            values[p.name] = st.selectbox(p.name, list(p.choices), help=help_text, **kept(key, p.default))
         elif p.kind is bool:
-            values[p.name] = st.toggle(p.name, key=initial(key, bool(p.default)), help=help_text)
+            values[p.name] = st.toggle(p.name, help=help_text, **kept(key, bool(p.default)))
         elif p.kind in (int, float):
             cast = p.kind
             values[p.name] = st.number_input(
@@ -83,11 +105,11 @@ def method_params(record: session.LoadedModel, method: str, scope: str = "explai
                 min_value=cast(p.minimum) if p.minimum is not None else None,
                 max_value=cast(p.maximum) if p.maximum is not None else None,
                 step=1 if cast is int else 0.01,
-                key=initial(key, cast(p.default)),
                 help=help_text,
+                **kept(key, cast(p.default)),
             )
         else:
-            text = st.text_input(p.name, key=initial(key, p.default or ""), help=help_text)
+            text = st.text_input(p.name, help=help_text, **kept(key, p.default or ""))
             values[p.name] = text or None
     return values
 
@@ -290,8 +312,8 @@ def explain_on_arrival() -> None:
     """Quick start's last step: Explain & compare with the default methods, computed as the page opens."""
     state = st.session_state
     state.pop("explain_rerun", None)
-    state["explain_mode"] = "methods"
-    state["explain_methods"] = list(session.DEFAULT_METHODS)
+    set_kept("explain_mode", "methods")
+    set_kept("explain_methods", list(session.DEFAULT_METHODS))
     state["explain_autorun"] = True
     st.switch_page("pages/explain.py")
 
@@ -301,11 +323,10 @@ def preset_explain(rerun: sharing.Rerun) -> None:
     that page draws them (the keys are the ones :func:`method_params` and the page use)."""
     import explainers
 
-    state = st.session_state
-    state["explain_mode"] = "methods"
-    state["explain_methods"] = list(rerun.methods)
-    state["explain_seed"] = int(rerun.seed)
-    state["explain_background"] = bool(rerun.background)
+    set_kept("explain_mode", "methods")
+    set_kept("explain_methods", list(rerun.methods))
+    set_kept("explain_seed", int(rerun.seed))
+    set_kept("explain_background", bool(rerun.background))
     layers = set(session.spatial_layers(rerun.record))
     for method in rerun.methods:
         values = rerun.params.get(method, {})
@@ -314,10 +335,10 @@ def preset_explain(rerun: sharing.Rerun) -> None:
                 continue
             value, key = values[p.name], f"explain_{method}_{p.name}"
             if p.name == "layer":
-                state[f"{key}_{rerun.record.id}"] = value if value in layers else None
+                set_kept(f"{key}_{rerun.record.id}", value if value in layers else None)
             elif p.choices or p.kind is bool:
-                state[key] = value
+                set_kept(key, value)
             elif p.kind in (int, float):
-                state[key] = p.kind(value)
+                set_kept(key, p.kind(value))
             else:
-                state[key] = value or ""
+                set_kept(key, value or "")

@@ -27,7 +27,7 @@ if not ws.images:
     st.stop()
 
 MODES = {"methods": "Several methods, one model", "models": "One method, two models"}
-mode = st.segmented_control("Compare", list(MODES), format_func=MODES.get, required=True, key=controls.initial("explain_mode", "methods"))
+mode = st.segmented_control("Compare", list(MODES), format_func=MODES.get, required=True, **controls.kept("explain_mode", "methods"))
 others = [m for m in ws.models.values() if m.id != record.id]
 if mode == "models" and not others:
     st.info("Load a second model (for example shapes-cnn-keras next to shapes-cnn-torch) to compare one method across models.")
@@ -37,13 +37,13 @@ pick_col, option_col = st.columns([3, 1], gap="large")
 with pick_col:
     if mode == "methods":
         methods = st.multiselect(
-            "Methods", explainers.names(), key=controls.initial("explain_methods", list(session.DEFAULT_METHODS)),
+            "Methods", explainers.names(), **controls.kept("explain_methods", list(session.DEFAULT_METHODS)),
             format_func=lambda name: explainers.REGISTRY[name].title,
         )
         models = [record]
     else:
         left, right = st.columns(2)
-        method = left.selectbox("Method", explainers.names(), key="explain_method", format_func=lambda name: explainers.REGISTRY[name].title)
+        method = left.selectbox("Method", explainers.names(), format_func=lambda name: explainers.REGISTRY[name].title, **controls.kept("explain_method", explainers.names()[0]))
         options = [m.id for m in others]
         second = right.selectbox(
             "Compare with", options, key=f"explain_second_{session.digest(options)[:8]}", format_func=lambda i: ws.models[i].name
@@ -57,8 +57,8 @@ with pick_col:
     )
     ws.left_out = set(names) - set(chosen)
 with option_col:
-    seed = int(st.number_input("Seed", min_value=0, step=1, key=controls.initial("explain_seed", 0), help="For the stochastic methods (SHAP, SmoothGrad, Expected Gradients)."))
-    use_images = st.toggle("Loaded images as background", key="explain_background", help="For Expected Gradients and the IG 'background' baseline; off = each method's default.")
+    seed = int(st.number_input("Seed", min_value=0, step=1, help="For the stochastic methods (SHAP, SmoothGrad, Expected Gradients).", **controls.kept("explain_seed", 0)))
+    use_images = st.toggle("Loaded images as background", help="For Expected Gradients and the IG 'background' baseline; off = each method's default.", **controls.kept("explain_background", False))
 
 params = {}
 for name in methods:

@@ -490,3 +490,62 @@ def test_two_sessions_share_one_parsed_model_but_not_their_settings():
     assert a.adapter.preset.name == "imagenet" and b.adapter.preset.name == "unit" and a.base.preset.name == "unit"
     assert a.identity != b.identity, "results of different presets never mix"
     assert a.adapter.lock is a.base.lock, "views guard the shared model with its one lock"
+
+
+# --------------------------------------------------------------------------- parameters
+CHOSEN = {
+    "explain_integrated_gradients_steps": 24,
+    "explain_integrated_gradients_blur_sigma": 3.5,
+    "explain_integrated_gradients_baseline": "blur",
+    "explain_shap_max_evals": 300,
+    "explain_shap_batch_size": 25,
+    "explain_gradcam_relu": False,
+    "explain_seed": 7,
+}
+
+
+def shown_parameters(at: AppTest) -> dict:
+    values = {}
+    for key in CHOSEN:
+        for kind in ("number_input", "toggle", "selectbox"):
+            found = [w for w in at.get(kind) if w.key == key]
+            if found:
+                values[key] = found[0].value
+    return values
+
+
+@needs_zoo
+def test_switching_models_and_pages_never_changes_the_parameters_a_run_uses(explain_calls):
+    ws = session.Workspace()
+    for name in ("shapes-cnn-keras", "shapes-cnn-torch"):
+        session.load_zoo(ws, name, loader=session.load_base)
+    session.add_sample(ws, model_zoo.samples()[0])
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["workspace"] = ws
+    at.run()
+    page(at, "pages/explain.py")
+    at.multiselect(key="explain_methods").set_value(["gradcam", "integrated_gradients", "shap"]).run()
+    for key, value in CHOSEN.items():
+        widget = next(w for kind in ("number_input", "toggle", "selectbox") for w in at.get(kind) if w.key == key)
+        widget.set_value(value).run()
+    assert shown_parameters(at) == CHOSEN
+
+    for step in ("keras", "models", "explain", "rerun", "torch", "images", "explain", "about", "explain"):
+        if step in ("keras", "torch"):
+            ws.active = f"shapes-cnn-{step}"  # what the sidebar's on_change does
+            at.run()
+        elif step == "rerun":
+            at.run()
+        else:
+            page(at, f"pages/{step}.py")
+        if step in ("explain", "rerun", "keras", "torch"):
+            assert shown_parameters(at) == CHOSEN, step
+    at.multiselect(key="explain_methods").set_value(["gradcam", "integrated_gradients"]).run()
+    at.button(key="explain_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    run_id = at.code[0].value.rsplit("?run=", 1)[1]
+    comparison = ws.opened.get(run_id).comparison
+    assert comparison.seed == 7
+    used = {r.method: dict(r.params) for r in comparison.results[0]}
+    assert used["integrated_gradients"]["steps"] == 24 and used["integrated_gradients"]["blur_sigma"] == 3.5
+    assert used["integrated_gradients"]["baseline"] == "blur" and used["gradcam"]["relu"] is False

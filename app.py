@@ -18,7 +18,8 @@ from workbench import session, sharing, warmup
 from workbench.errors import WorkbenchError
 from workbench.settings import check_environment
 
-st.set_page_config(page_title="Interpretability workbench", page_icon=":material/biotech:", layout="wide")
+# an emoji icon is drawn in the browser; a :material/...: page icon is fetched from an external font host
+st.set_page_config(page_title="Interpretability workbench", page_icon="🔬", layout="wide")
 
 try:
     check_environment()

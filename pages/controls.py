@@ -128,7 +128,7 @@ def display_options() -> Display:
     """How maps are drawn; changing any of these never recomputes a map."""
     cols = st.columns([3, 2, 2, 2, 2, 2], vertical_alignment="bottom")
     normalise = cols[0].selectbox("Normalisation", list(NORMALISATIONS), format_func=NORMALISATIONS.get, key="display_normalise")
-    opacity = cols[1].slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="display_opacity")
+    opacity = cols[1].slider("Opacity", 0.0, 1.0, render.DEFAULT_OPACITY, 0.05, key="display_opacity")
     cmap = cols[2].selectbox("Colormap", render.SEQUENTIAL_CMAPS, key="display_cmap")
     diverging = cols[3].selectbox("Signed maps", render.DIVERGING_CMAPS, key="display_diverging", help="Diverging colormap for signed maps.")
     positive_only = cols[4].toggle("Positive only", key="display_positive", help="Show only evidence for the target.")
@@ -141,8 +141,26 @@ def _enlarge(image: np.ndarray) -> np.ndarray:
     return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1) if factor > 1 else image
 
 
+COLORBAR_PX = 12  # the colour bar's height under each map, in display pixels
+
+
+def value_range(result: Attribution, display: Display, scale: float | None) -> str:
+    """The values the colour bar spans: the cell's scale (the per-map one when None), signed or not."""
+    s = scale if scale and scale > 0 else render.scale_of(result.map, result.signed, display.positive_only)
+    return f"−{s:.3g} … 0 … +{s:.3g}" if result.signed and not display.positive_only else f"0 … {s:.3g}"
+
+
 def picture(pixels: np.ndarray, result: Attribution, display: Display, scale: float | None) -> np.ndarray:
-    """uint8 RGB of one map: overlaid on the image, or alone."""
+    """uint8 RGB of one map (overlaid on the image, or alone), enlarged, with its colour bar underneath:
+    the colormap from the lowest to the highest value shown (the caption gives the values)."""
+    image = _map_picture(pixels, result, display, scale)
+    signed = result.signed and not display.positive_only
+    bar = render.colorbar(image.shape[1], display.diverging if signed else display.cmap, signed, COLORBAR_PX)
+    gap = np.full((max(2, COLORBAR_PX // 3), image.shape[1], 3), 255, np.uint8)
+    return np.concatenate([image, gap, bar], axis=0)
+
+
+def _map_picture(pixels: np.ndarray, result: Attribution, display: Display, scale: float | None) -> np.ndarray:
     signed = result.signed and not display.positive_only
     cmap = display.diverging if signed else display.cmap
     if display.raw:
@@ -193,7 +211,9 @@ def grid(
                 icon=":material/download:", on_click="ignore",
             )
         for col, result, scale in zip(cols[1:], row, row_scales):
-            note = f"{result.seconds:.2f} s · {result.evaluations} passes"
+            # an explainer times its whole batch: with several images the time is their mean, and says so
+            each = f"{result.seconds:.2f} s" if len(images) == 1 else f"{result.seconds:.2f} s/image (mean of {len(images)})"
+            note = f"colour {value_range(result, display, scale)} · {each} · {result.evaluations} passes"
             if result.completeness_ratio is not None:
                 note += f" · gap {result.completeness_ratio:.1%}"
             col.image(picture(pixels, result, display, scale), caption=note, width="stretch")

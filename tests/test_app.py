@@ -549,3 +549,56 @@ def test_switching_models_and_pages_never_changes_the_parameters_a_run_uses(expl
     used = {r.method: dict(r.params) for r in comparison.results[0]}
     assert used["integrated_gradients"]["steps"] == 24 and used["integrated_gradients"]["blur_sigma"] == 3.5
     assert used["integrated_gradients"]["baseline"] == "blur" and used["gradcam"]["relu"] is False
+
+
+# --------------------------------------------------------------------------- reading the maps
+def test_default_colormaps_are_perceptually_uniform_and_diverging_for_signed_maps():
+    from workbench import render
+
+    assert render.default_cmap(signed=False) in ("viridis", "inferno")
+    assert render.default_cmap(signed=True) == "RdBu_r" and render.default_cmap(signed=True, positive_only=True) == "viridis"
+    bar = render.colorbar(100, "RdBu_r", signed=True)
+    assert bar.shape == (10, 100, 3)
+    middle = bar[0, 50].astype(int)
+    assert abs(middle - 247).max() < 12, "zero is the diverging map's neutral centre"
+
+
+def test_default_opacity_shows_the_small_values_of_a_signed_map():
+    """An IG-like map (heavy-tailed: a few extreme pixels, most mass small): at the default opacity far more
+    pixels are visibly coloured than with the former linear blend at 0.5."""
+    from workbench import render
+
+    rng = np.random.default_rng(0)
+    attribution = (rng.laplace(size=(64, 64)) ** 3).astype(np.float32)
+    grey = np.full((64, 64, 3), 0.5, np.float32)
+    shown_now = render.overlay(grey, attribution, signed=True)
+    visible = (np.abs(shown_now.astype(int) - 128).max(axis=-1) >= 16).mean()
+    former = (np.abs(render.normalise(attribution, True)) * 0.5 * 0.5 * 255 >= 16).mean()
+    assert visible >= 0.2 and visible >= 2.5 * former, (visible, former)
+
+
+@needs_zoo
+def test_every_map_has_a_colour_bar_and_its_value_range():
+    at = start()
+    load_zoo_and_sample(at)
+    page(at, "pages/explain.py")
+    at.multiselect(key="explain_methods").set_value(["gradcam", "saliency", "integrated_gradients"]).run()
+    at.number_input(key="explain_integrated_gradients_steps").set_value(8).run()
+    at.button(key="explain_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.selectbox(key="display_cmap").value == "viridis" and at.slider(key="display_opacity").value == 0.7
+    maps = [el for el in at.get("image") if el.captions and el.captions[0].startswith("colour")]
+    assert len(maps) == 3, [el.captions for el in at.get("image")]
+    signed = [el.captions[0] for el in maps if "… 0 …" in el.captions[0]]
+    assert len(signed) == 1, "Grad-CAM and saliency are unsigned; IG is signed"
+
+
+def test_an_uploaded_model_is_test_predicted_on_a_neutral_image_not_a_zoo_sample(keras_bytes):
+    at = start()
+    at.file_uploader(key="models_upload").set_value(("mine.keras", keras_bytes, "application/octet-stream")).run()
+    assert not at.exception and not at.error
+    assert any("Test prediction" in m.value and "neutral grey image" in m.value for m in at.markdown)
+    page(at, "pages/images.py")
+    at.file_uploader(key="images_upload").set_value([("own.png", png_bytes(), "image/png")]).run()
+    page(at, "pages/models.py")
+    assert any("Test prediction" in m.value and "own.png" in shown(m.value) for m in at.markdown), "the user's own first image"

@@ -312,11 +312,15 @@ def test_a_share_link_copied_from_a_server_on_another_port_opens_in_a_fresh_cont
         try:
             author = browser.new_context().new_page()
             author.set_default_timeout(60_000)
+            elsewhere: list[str] = []  # the page asks nothing of any other host (icons, fonts, trackers)
+            author.on("request", lambda request: None if request.url.startswith((url, "data:", "blob:")) else elsewhere.append(request.url))
             author.goto(f"{url}/runs")
             author.get_by_role("button", name="Open", exact=True).and_(author.get_by_test_id("stBaseButton-secondary")).click()
             expect(author.get_by_text("Read-only view of a saved run")).to_be_visible()
             link = author.locator("[data-testid='stCode'] code").first.inner_text().strip()
             assert link == f"{url}/?run={run_id}", link
+            author.wait_for_timeout(1000)
+            assert elsewhere == [], elsewhere
 
             reader = browser.new_context().new_page()  # no cookies, no session: only the link
             reader.set_default_timeout(60_000)

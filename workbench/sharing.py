@@ -337,7 +337,7 @@ def exports(
     comparison: Comparison,
     *,
     share_url: str | None,
-    alpha: float = 0.5,
+    alpha: float | None = None,
     shared_scale: bool = False,
     positive_only: bool = False,
     evaluation: Any = None,
@@ -347,7 +347,9 @@ def exports(
     from . import export
 
     stem = f"run-{comparison.run_id[:12]}" if comparison.run_id else "comparison"
-    look = {"alpha": alpha, "shared_scale": shared_scale, "positive_only": positive_only}
+    from .render import DEFAULT_OPACITY
+
+    look = {"alpha": DEFAULT_OPACITY if alpha is None else alpha, "shared_scale": shared_scale, "positive_only": positive_only}
     return [
         Export("grid", "Grid .png", f"{stem}-grid.png", "image/png", functools.partial(export.grid_png, comparison, **look)),
         Export("npz", "Attributions .npz", f"{stem}-attributions.npz", "application/octet-stream",

@@ -9,7 +9,7 @@ import streamlit as st
 
 import explainers
 from pages import controls, evaluation
-from workbench import session, sharing
+from workbench import calibration, session, sharing
 from workbench.errors import WorkbenchError
 
 log = logging.getLogger("workbench.app")
@@ -89,11 +89,16 @@ if rerun_of and rerun_of.get("key") == keys[0]:  # only while the page shows wha
 run_col, cost_col = st.columns([1, 5], vertical_alignment="center")
 pressed = run_col.button("Run", type="primary", disabled=todo == 0, icon=":material/play_arrow:", key="explain_run")
 if todo:
-    seconds = sum(p.seconds for p in plans)
-    forward_ms = " / ".join(f"{session.forward_seconds(m) * 1000:.1f}" for m in models)
+    timed = [calibration.seconds(calibration.PROCESS_TIMINGS, calibration.model_key(m.adapter), p.estimate) for m, p in zip(models, plans)]
+    seconds = sum(s for s, _ in timed)
+    if all(measured for _, measured in timed):
+        basis = "from the times measured for these methods on this model"
+    else:
+        forward_ms = " / ".join(f"{session.forward_seconds(m) * 1000:.1f}" for m in models)
+        basis = f"from a forward pass measured at {forward_ms} ms per image in a batch; runs refine it"
     cost_col.caption(
         f"{todo} map(s) to compute · about {sum(p.evaluations for p in plans):,} model passes · "
-        f"estimated {seconds:.1f} s (a forward pass measured at {forward_ms} ms per image in a batch)"
+        f"estimated {seconds:.1f} s ({basis})"
     )
 else:
     cost_col.caption((f"Last run: {last_run}. " if last_run else "") + "Every map for these settings is computed; display options change only the picture.")
@@ -125,10 +130,12 @@ if pressed or (autorun and todo):
         try:
             for n, (model, work) in enumerate(zip(models, plans)):
                 prefix = f"{model.name}: " if len(models) > 1 else ""
-                session.run(
+                began = time.perf_counter()
+                computed = session.run(
                     ws, model, entries, work, seed,
                     progress=lambda f, message, n=n, p=prefix: bar.progress(min(1.0, (n + f) / len(models)), text=p + message),
                 )
+                calibration.record_run(calibration.PROCESS_TIMINGS, model.adapter, work, computed, time.perf_counter() - began)
         except WorkbenchError as error:
             status.update(label=controls.plain(error), state="error")
         except Exception as error:  # noqa: BLE001 - the app keeps working; the traceback is for the operator

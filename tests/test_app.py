@@ -602,3 +602,28 @@ def test_an_uploaded_model_is_test_predicted_on_a_neutral_image_not_a_zoo_sample
     at.file_uploader(key="images_upload").set_value([("own.png", png_bytes(), "image/png")]).run()
     page(at, "pages/models.py")
     assert any("Test prediction" in m.value and "own.png" in shown(m.value) for m in at.markdown), "the user's own first image"
+
+
+# --------------------------------------------------------------------------- estimates
+def test_estimates_follow_the_times_measured_on_the_model():
+    from workbench import calibration
+    from workbench.result import Attribution
+
+    def done(method, seconds, evaluations):
+        return Attribution(method=method, map=np.zeros((4, 4), np.float32), target=0, target_label="a", target_score=1.0,
+                           signed=False, params={}, seconds=seconds, evaluations=evaluations, device="cpu")
+
+    timings = calibration.Timings()
+    plan = {"ig": {"evaluations": 100, "seconds": 40.0}, "shap": {"evaluations": 500, "seconds": 10.0}}
+    assert calibration.seconds(timings, "m", plan) == (50.0, False), "nothing measured: the forward-pass guess"
+    # IG ran on two images: 2 x 1.0 s for 2 x 100 evaluations, guessed at 2 x 40 s; the run's wall time 2.5 s
+    calibration.record(timings, "m", {"ig": [done("ig", 1.0, 100), done("ig", 1.0, 100)]}, {"ig": 80.0}, wall_seconds=2.5)
+    estimate, measured = calibration.seconds(timings, "m", plan)
+    assert measured
+    assert estimate == pytest.approx(1.25 + 10.0 * 2.5 / 80.0), "IG at its measured rate, SHAP at the model's ratio"
+    assert calibration.seconds(timings, "other model", plan) == (50.0, False), "timings are per model"
+    calibration.record(timings, "m", {"shap": [done("shap", 3.0, 500)]}, {"shap": 10.0})
+    assert calibration.seconds(timings, "m", plan)[0] == pytest.approx(1.25 + 3.0)
+    import pickle
+
+    assert pickle.loads(pickle.dumps(timings)).per_evaluation == timings.per_evaluation

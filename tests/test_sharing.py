@@ -441,4 +441,7 @@ def test_daily_cleanup_removes_old_runs_and_unreferenced_files_once_a_day(tmp_pa
         store.load(old)
     assert not sharing.schedule_cleanup(store, settings, now=now + 3600), "once a day"
     assert not sharing.schedule_cleanup(store, Settings(retention_days=0), now=now + 2 * 86400), "0 keeps runs"
+    assert not sharing.schedule_cleanup(store, Settings(retention_days=30, cleanup_in_app=False), now=now + 3 * 86400), (
+        "a replica that is not the cleanup owner"
+    )
     store.close()

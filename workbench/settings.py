@@ -47,6 +47,11 @@ class Settings:
     database_url: str = ""
     public_base_url: str = ""  # blank: share links use the address the browser used (the CLI: localhost:8501)
     retention_days: int = 30
+    # several replicas on one data directory: blobs younger than this are never swept (a save on another
+    # host may be about to reference them; flock does not reach across hosts), and only one replica
+    # runs the daily cleanup (WORKBENCH_CLEANUP_IN_APP=0 on the others)
+    blob_grace_seconds: int = 0
+    cleanup_in_app: bool = True
     operators: str = ""  # comma-separated e-mails who, with sign-in on, see every user's runs
 
     @property

@@ -459,7 +459,7 @@ def schedule_cleanup(store: RunStore, settings: Settings | None = None, *, now: 
     -> whether a cleanup was started. The app calls this for each new session; no page waits for it.
     """
     settings = settings or get_settings()
-    if settings.retention_days < 1:
+    if settings.retention_days < 1 or not settings.cleanup_in_app:
         return False
     now = time.time() if now is None else now
     key = _store_id(store)

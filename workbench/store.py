@@ -29,7 +29,10 @@ What is stored:
 Blob removal (:meth:`RunStore.delete`, :meth:`RunStore.cleanup`) and blob writing
 exclude each other through ``flock`` on ``blobs/.lock`` (exclusive to remove, shared to
 save), so a blob a save is about to reference is never swept away under it, across
-threads and processes of one host.
+threads and processes of one host. ``flock`` does not reach across hosts sharing a data
+directory, so for several replicas: a save touches every blob it reuses, removal spares
+blobs touched within ``WORKBENCH_BLOB_GRACE_SECONDS``, and after committing, a save checks
+its blobs are still there and writes back any that a sweep removed in between.
 
 Run ids come from :func:`secrets.token_urlsafe` (192 bits) and are checked against a
 strict pattern before any database or disk access.
@@ -347,6 +350,11 @@ class RunStore:
             with self.engine.begin() as conn:
                 conn.execute(runs_table.insert(), [row])
                 conn.execute(run_blobs_table.insert(), refs)
+            # another host's sweep may have removed a blob between its write and the commit: now that the
+            # run references it no sweep will, so writing it back makes the run whole
+            for ref in refs:
+                if not self.blob_path(ref["sha256"]).is_file():
+                    self._put_blob(blobs[ref["role"]])
         return run_id
 
     def save_evaluation(self, run_id: str, evaluation: Mapping[str, Any], masks: Sequence[np.ndarray | None] = ()) -> None:
@@ -596,6 +604,7 @@ class RunStore:
         path = self.blob_path(digest)
         with contextlib.suppress(FileNotFoundError):
             if path.stat().st_size == len(data):
+                os.utime(path)  # "in use now": a sweep on another host spares it for the grace period
                 return digest
         path.parent.mkdir(exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -643,6 +652,7 @@ class RunStore:
     def _sweep(self, candidates: set[str] | None) -> tuple[int, int]:
         """Remove blobs no run references: the given digests, or (None) every blob on disk."""
         removed = freed = 0
+        grace = float(getattr(self.settings, "blob_grace_seconds", 0) or 0)
         with self._blob_lock(exclusive=True):
             with self.engine.connect() as conn:
                 query = sa.select(run_blobs_table.c.sha256).distinct()
@@ -655,7 +665,10 @@ class RunStore:
                 if digest in referenced:
                     continue
                 with contextlib.suppress(FileNotFoundError):
-                    size = path.stat().st_size
+                    info = path.stat()
+                    if grace and time.time() - info.st_mtime < grace:
+                        continue  # written or reused lately: a save elsewhere may be about to reference it
+                    size = info.st_size
                     path.unlink()
                     removed += 1
                     freed += size

@@ -39,7 +39,9 @@ def workspace(url_path: str) -> session.Workspace:
     if "workspace" not in st.session_state:
         st.session_state[OPEN_PAGE_KEY] = url_path
         st.switch_page(ENTRY_POINT, query_params=st.query_params.to_dict())
-    return st.session_state["workspace"]
+    ws = st.session_state["workspace"]
+    keep_workspace(ws)  # every page's first call: what the last run changed is stored before this one draws
+    return ws
 
 
 KEPT = "kept_values"  # the values the user chose for Explain & compare's settings, outside any widget's state
@@ -362,3 +364,75 @@ def preset_explain(rerun: sharing.Rerun) -> None:
                 set_kept(key, p.kind(value))
             else:
                 set_kept(key, value or "")
+
+
+# ---------------------------------------------------------------------------- the workspace across reloads
+WORKSPACE_ID = "workspace_id"
+WORKSPACE_SAVED = "workspace_saved"  # the fingerprint of the workspace as last stored
+
+
+def open_workspace() -> session.Workspace:
+    """The workspace named by the page's ``?ws=`` (restored from the store), else a new one with a new id.
+
+    A reload or a server restart then finds the same models, images and maps: the id stays in the URL
+    (:func:`keep_workspace` puts it back after page switches) and the state is saved whenever it changes.
+    """
+    import logging
+
+    from workbench import workspaces
+
+    state = st.session_state
+    wanted = st.query_params.get("ws")
+    ws, notes, workspace_id = None, [], None
+    if wanted:
+        try:
+            found = workspaces.load(sharing.run_store(), wanted, sharing.current_owner())
+        except Exception:  # noqa: BLE001 - a workspace that cannot come back is replaced by a new one
+            logging.getLogger("workbench.app").exception("restoring workspace %r failed", wanted)
+            found = None
+            notes = ["The saved workspace could not be restored; this is a new one."]
+        if found is not None:
+            (ws, notes), workspace_id = found, wanted
+    if ws is None:
+        ws, workspace_id = session.Workspace(), workspaces.new_id()
+    state[WORKSPACE_ID] = workspace_id
+    state[WORKSPACE_SAVED] = workspaces.fingerprint(ws)
+    state["workspace_notes"] = notes
+    st.query_params["ws"] = workspace_id
+    return ws
+
+
+def keep_workspace(ws: session.Workspace) -> None:
+    """Each run: the id back in the URL, and the workspace stored when it changed since it was last stored."""
+    import logging
+
+    from workbench import workspaces
+
+    state = st.session_state
+    workspace_id = state.get(WORKSPACE_ID)
+    if not workspace_id:
+        return
+    if st.query_params.get("ws") != workspace_id:
+        st.query_params["ws"] = workspace_id
+    now = workspaces.fingerprint(ws)
+    if now == state.get(WORKSPACE_SAVED):
+        return
+    try:
+        workspaces.save(sharing.run_store(), workspace_id, ws, sharing.current_owner())
+    except Exception:  # noqa: BLE001 - the session keeps working; only a reload would lose it
+        logging.getLogger("workbench.app").exception("saving workspace %s failed", workspace_id)
+        return
+    state[WORKSPACE_SAVED] = now
+
+
+def new_workspace() -> None:
+    """An empty workspace under a new id; the old one stays stored until cleanup (its URL still opens it)."""
+    from workbench import workspaces
+
+    state = st.session_state
+    ws = session.Workspace()
+    state["workspace"] = ws
+    state[WORKSPACE_ID] = workspaces.new_id()
+    state[WORKSPACE_SAVED] = workspaces.fingerprint(ws)
+    state["workspace_notes"] = []
+    st.query_params["ws"] = state[WORKSPACE_ID]

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -627,3 +628,53 @@ def test_estimates_follow_the_times_measured_on_the_model():
     import pickle
 
     assert pickle.loads(pickle.dumps(timings)).per_evaluation == timings.per_evaluation
+
+
+# --------------------------------------------------------------------------- the workspace across reloads
+@needs_zoo
+def test_a_reload_with_the_same_workspace_id_finds_the_same_models_images_and_maps(explain_calls):
+    at = start()
+    workspace_id = at.query_params["ws"]
+    load_zoo_and_sample(at)
+    page(at, "pages/explain.py")
+    at.multiselect(key="explain_methods").set_value(["gradcam", "saliency"]).run()
+    at.button(key="explain_run").click().run()
+    assert not at.exception and not at.error
+    before = workspace(at)
+    maps = [el.value for el in at.get("image")]
+    page(at, "pages/about.py")  # a later run stores what changed
+    assert at.query_params["ws"] == workspace_id, "the id stays in the URL across pages"
+    spy = explain_calls
+    spy.calls = 0
+
+    again = AppTest.from_file(APP, default_timeout=TIMEOUT)  # the reload: a new session, the same URL
+    again.query_params["ws"] = workspace_id
+    again.run()
+    assert not again.exception
+    ws = workspace(again)
+    assert list(ws.models) == list(before.models) and ws.active == before.active
+    assert list(ws.images) == list(before.images)
+    assert len(ws.results) == len(before.results) == 2
+    page(again, "pages/explain.py")
+    again.multiselect(key="explain_methods").set_value(["gradcam", "saliency"]).run()
+    assert not again.exception and not again.error, [e.value for e in again.error]
+    assert again.button(key="explain_run").disabled, "every map is there: nothing to compute"
+    assert spy.calls == 0 and len(again.get("image")) == len(maps)
+
+    # a new workspace: empty, under a new id; the old id still opens the old one
+    fresh = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    fresh.query_params["ws"] = workspace_id
+    fresh.run()
+    fresh.button(key="app_new_workspace").click().run()
+    assert not fresh.exception
+    assert fresh.session_state["workspace_id"] != workspace_id
+    assert not workspace(fresh).models and not workspace(fresh).images
+
+
+def test_an_unknown_or_malformed_workspace_id_starts_a_new_workspace():
+    for wanted in (secrets.token_urlsafe(24), "../../etc/passwd"):
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+        at.query_params["ws"] = wanted
+        at.run()
+        assert not at.exception and not at.error
+        assert at.session_state["workspace_id"] != wanted and not workspace(at).models

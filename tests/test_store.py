@@ -611,3 +611,25 @@ def test_revoking_a_link_moves_the_run_to_a_new_id(store):
     assert_same(moved, original)
     assert moved.run_id == new_id and store.model_bytes(new_id) == b"model-weights"
     assert [r.run_id for r in store.list_runs()] == [new_id]
+
+
+def test_a_workspace_is_kept_until_cleanup_and_opens_only_for_its_owner(store):
+    from workbench import session, workspaces
+
+    ws = session.Workspace()
+    entry = session.add_image(ws, png_bytes(4), "mine.png")
+    ws.left_out = {entry.id}
+    workspace_id = workspaces.new_id()
+    workspaces.save(store, workspace_id, ws, "ada@example.org")
+    restored, notes = workspaces.load(store, workspace_id, "ada@example.org")
+    assert notes == [] and list(restored.images) == [entry.id] and restored.left_out == {entry.id}
+    assert np.array_equal(restored.images[entry.id].image.pixels, entry.image.pixels)
+    assert workspaces.load(store, workspace_id, "eve@example.org") is None, "another user's workspace"
+    assert workspaces.load(store, workspace_id, None) is None
+    assert workspaces.load(store, "../../etc/passwd", None) is None
+
+    blobs = blob_files(store)
+    assert blobs, "the pixels are a blob"
+    assert store.cleanup(retention_days=30)["blobs_deleted"] == 0, "a fresh workspace and its blobs stay"
+    report = store.cleanup(retention_days=1, now=time.time() + 3 * DAY)
+    assert report["blobs_deleted"] == len(blobs) and store.load_workspace(workspace_id) is None

@@ -120,6 +120,27 @@ run_blobs_table = sa.Table(
 )
 
 
+# A browser's workspace (models, images, computed maps), kept so that a reload or a server restart finds it
+# again (workbench/workspaces.py). Replaced whole on every save; deleted by cleanup like an old run.
+workspaces_table = sa.Table(
+    "workspaces",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(_MAX_TEXT), nullable=True),
+    sa.Column("updated", sa.Float, nullable=False, index=True),
+    sa.Column("state", sa.JSON, nullable=False),
+)
+
+workspace_blobs_table = sa.Table(
+    "workspace_blobs",
+    metadata,
+    sa.Column("workspace_id", sa.String(64), sa.ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("role", sa.String(160), primary_key=True),
+    sa.Column("sha256", sa.String(64), nullable=False, index=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class RunRecord:
     """One row of :meth:`RunStore.list_runs`: enough to show a list, not the arrays."""
@@ -521,6 +542,55 @@ class RunStore:
             raise RunNotFound(_NOT_FOUND)
         return row.owner
 
+    # -- workspaces -----------------------------------------------------------------------------
+
+    def save_workspace(self, workspace_id: str, state: Mapping[str, Any], blobs: Mapping[str, bytes], *, owner: str | None) -> None:
+        """Store a workspace's state (JSON) and blobs under its id, replacing what was there, in one transaction."""
+        workspace_id = _checked_id(workspace_id)
+        row = {"id": workspace_id, "owner": None if owner is None else _text(owner), "updated": time.time(), "state": _to_json(dict(state))}
+        with self._blob_lock(exclusive=False):
+            refs = [
+                {"workspace_id": workspace_id, "role": _text(role, 160), "sha256": self._put_blob(data), "size": len(data)}
+                for role, data in blobs.items()
+            ]
+            with self.engine.begin() as conn:
+                conn.execute(workspace_blobs_table.delete().where(workspace_blobs_table.c.workspace_id == workspace_id))
+                conn.execute(workspaces_table.delete().where(workspaces_table.c.id == workspace_id))
+                conn.execute(workspaces_table.insert(), [row])
+                if refs:
+                    conn.execute(workspace_blobs_table.insert(), refs)
+            for ref in refs:  # see save(): a sweep on another host may have removed one before the commit
+                if not self.blob_path(ref["sha256"]).is_file():
+                    self._put_blob(blobs[ref["role"]])
+        # the blobs the previous version used and this one does not are left to cleanup
+
+    def load_workspace(self, workspace_id: str) -> tuple[str | None, dict[str, Any], dict[str, bytes]] | None:
+        """-> (owner, state, blobs by role) of a stored workspace, or None (unknown, expired, malformed id).
+
+        Raises RunDamaged when a blob it references is missing or corrupt."""
+        if not is_valid_run_id(workspace_id):
+            return None
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(workspaces_table).where(workspaces_table.c.id == workspace_id)).mappings().first()
+            if row is None:
+                return None
+            refs = dict(
+                conn.execute(
+                    sa.select(workspace_blobs_table.c.role, workspace_blobs_table.c.sha256).where(
+                        workspace_blobs_table.c.workspace_id == workspace_id
+                    )
+                ).all()
+            )
+        blobs = {}
+        for role, digest in refs.items():
+            data = None
+            with contextlib.suppress(FileNotFoundError):
+                data = self.blob_path(digest).read_bytes()
+            if data is None or hashlib.sha256(data).hexdigest() != digest:
+                raise RunDamaged(f"The saved workspace's {role.split('/')[0]} data is missing or damaged.")
+            blobs[role] = data
+        return row["owner"], _from_json(row["state"]), blobs
+
     # -- removing -------------------------------------------------------------------------------
 
     def revoke_link(self, run_id: str, *, requester: str | None) -> str:
@@ -591,6 +661,7 @@ class RunStore:
         cutoff = (time.time() if now is None else float(now)) - int(retention_days) * 86400.0
         with self.engine.begin() as conn:
             runs_deleted = conn.execute(runs_table.delete().where(runs_table.c.created < cutoff)).rowcount
+            conn.execute(workspaces_table.delete().where(workspaces_table.c.updated < cutoff))
         blobs_deleted, bytes_freed = self._sweep(None)
         return {"runs_deleted": int(runs_deleted), "blobs_deleted": blobs_deleted, "bytes_freed": bytes_freed}
 
@@ -655,12 +726,14 @@ class RunStore:
         grace = float(getattr(self.settings, "blob_grace_seconds", 0) or 0)
         with self._blob_lock(exclusive=True):
             with self.engine.connect() as conn:
-                query = sa.select(run_blobs_table.c.sha256).distinct()
-                if candidates is not None:
-                    if not candidates:
-                        return 0, 0
-                    query = query.where(run_blobs_table.c.sha256.in_(sorted(candidates)))
-                referenced = set(conn.execute(query).scalars())
+                referenced = set()
+                for column in (run_blobs_table.c.sha256, workspace_blobs_table.c.sha256):
+                    query = sa.select(column).distinct()
+                    if candidates is not None:
+                        if not candidates:
+                            return 0, 0
+                        query = query.where(column.in_(sorted(candidates)))
+                    referenced |= set(conn.execute(query).scalars())
             for path, digest in self._blob_files(candidates):
                 if digest in referenced:
                     continue

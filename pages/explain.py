@@ -86,8 +86,25 @@ if rerun_of and rerun_of.get("key") == keys[0]:  # only while the page shows wha
     st.info(f"Re-run of saved run `{rerun_of['run_id'][:12]}…` with its model, images, methods, parameters and seed.", icon=":material/replay:")
     for note in rerun_of["notes"]:
         st.warning(controls.plain(note), icon=":material/warning:")
+# A run in flight: Run's on_click marks this script run as the one that computes, so Run is drawn disabled
+# while it works. Cancel (or leaving the page) interrupts the script; each method's maps are cached as it
+# finishes, so those are kept (and stored with the workspace), and the next visit says the run stopped.
+RUNNING, IN_FLIGHT, CANCELLED = "explain_running", "explain_in_flight", "explain_cancelled"
+running = bool(st.session_state.pop(RUNNING, False) and todo) or bool(autorun and todo)
+stopped = None if running else st.session_state.pop(IN_FLIGHT, None)
+if st.session_state.pop(CANCELLED, False) or stopped:
+    kept = (stopped or {}).get("todo", 0) - todo if stopped else 0
+    st.info(
+        "The last run stopped before it finished (cancelled, or the page was left)"
+        + (f": {kept} of its {stopped['todo']} map(s) were computed and are kept" if stopped and kept > 0 else "")
+        + ". Run computes what is missing.",
+        icon=":material/stop_circle:",
+    )
 run_col, cost_col = st.columns([1, 5], vertical_alignment="center")
-pressed = run_col.button("Run", type="primary", disabled=todo == 0, icon=":material/play_arrow:", key="explain_run")
+run_col.button(
+    "Run", type="primary", disabled=todo == 0 or running, icon=":material/play_arrow:", key="explain_run",
+    on_click=lambda: st.session_state.__setitem__(RUNNING, True),
+)
 if todo:
     timed = [calibration.seconds(calibration.PROCESS_TIMINGS, calibration.model_key(m.adapter), p.estimate) for m, p in zip(models, plans)]
     seconds = sum(s for s, _ in timed)
@@ -123,8 +140,11 @@ def save(model: session.LoadedModel, work: session.Plan) -> None:
         st.session_state.pop("explain_save_notice", None)
 
 
-if pressed or (autorun and todo):
+if running:
+    st.session_state[IN_FLIGHT] = {"todo": todo}
     with st.status(f"Computing {todo} map(s)…", expanded=True) as status:
+        st.button("Cancel", key="explain_cancel", icon=":material/stop:", on_click=lambda: st.session_state.__setitem__(CANCELLED, True),
+                  help="Stop now: the maps of the methods that have finished are kept; the method running is dropped.")
         bar = st.progress(0.0, text="starting")
         started = time.perf_counter()
         try:
@@ -137,11 +157,14 @@ if pressed or (autorun and todo):
                 )
                 calibration.record_run(calibration.PROCESS_TIMINGS, model.adapter, work, computed, time.perf_counter() - began)
         except WorkbenchError as error:
+            st.session_state.pop(IN_FLIGHT, None)
             status.update(label=controls.plain(error), state="error")
         except Exception as error:  # noqa: BLE001 - the app keeps working; the traceback is for the operator
+            st.session_state.pop(IN_FLIGHT, None)
             log.exception("explaining failed")
             status.update(label=f"The run failed ({type(error).__name__}); the details are in the server log.", state="error")
         else:
+            st.session_state.pop(IN_FLIGHT, None)
             st.session_state["explain_last_run"] = f"computed {todo} map(s) in {time.perf_counter() - started:.1f} s"
             bar.progress(1.0, text="saving the run")
             for model, work in zip(models, plans):  # every completed run is saved: its link exists at once

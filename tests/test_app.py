@@ -678,3 +678,39 @@ def test_an_unknown_or_malformed_workspace_id_starts_a_new_workspace():
         at.run()
         assert not at.exception and not at.error
         assert at.session_state["workspace_id"] != wanted and not workspace(at).models
+
+
+@needs_zoo
+def test_a_cancelled_run_keeps_the_maps_that_finished_and_run_computes_only_the_rest(explain_calls, monkeypatch):
+    """Cancel (or leaving the page) interrupts the script the way Streamlit does, with a ScriptControlException
+    at the next Streamlit call; here the second method raises it."""
+    import explainers
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    at = start()
+    load_zoo_and_sample(at)
+    page(at, "pages/explain.py")
+    at.multiselect(key="explain_methods").set_value(["gradcam", "saliency"]).run()
+    assert not at.button(key="explain_run").disabled
+    original = explainers.REGISTRY["saliency"].explain
+
+    def interrupted(self, *args, **kwargs):
+        raise StopException()
+
+    monkeypatch.setattr(explainers.REGISTRY["saliency"], "explain", interrupted)
+    at.button(key="explain_run").click().run()
+    assert [b.key for b in at.button if b.key == "explain_cancel"] == ["explain_cancel"], "Cancel is shown while running"
+    assert at.button(key="explain_run").disabled, "Run is disabled while a run is in flight"
+    monkeypatch.setattr(explainers.REGISTRY["saliency"], "explain", original)
+
+    at.run()  # the next run: the page says the run stopped; Grad-CAM's map is kept
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("stopped before it finished" in i.value and "1 of its 2" in i.value for i in at.info), [i.value for i in at.info]
+    ws = workspace(at)
+    assert [r.method for r in (ws.results.get(k) for k in list(ws.results._items)) if r] == ["gradcam"]
+    assert not at.button(key="explain_run").disabled
+    explain_calls.calls = 0
+    at.button(key="explain_run").click().run()
+    assert not at.exception and not at.error
+    assert explain_calls.calls == 1, "only the method that did not finish is computed"
+    assert at.code and "?run=" in at.code[0].value

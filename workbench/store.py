@@ -544,13 +544,24 @@ class RunStore:
 
     # -- workspaces -----------------------------------------------------------------------------
 
-    def save_workspace(self, workspace_id: str, state: Mapping[str, Any], blobs: Mapping[str, bytes], *, owner: str | None) -> None:
-        """Store a workspace's state (JSON) and blobs under its id, replacing what was there, in one transaction."""
+    def save_workspace(
+        self,
+        workspace_id: str,
+        state: Mapping[str, Any],
+        blobs: Mapping[str, bytes],
+        *,
+        owner: str | None,
+        digests: Mapping[str, str] | None = None,
+    ) -> None:
+        """Store a workspace's state (JSON) and blobs under its id, replacing what was there, in one transaction.
+
+        ``digests``: sha256 of blobs the caller knows already (an uploaded model's), not hashed again on every save."""
+        digests = digests or {}
         workspace_id = _checked_id(workspace_id)
         row = {"id": workspace_id, "owner": None if owner is None else _text(owner), "updated": time.time(), "state": _to_json(dict(state))}
         with self._blob_lock(exclusive=False):
             refs = [
-                {"workspace_id": workspace_id, "role": _text(role, 160), "sha256": self._put_blob(data), "size": len(data)}
+                {"workspace_id": workspace_id, "role": _text(role, 160), "sha256": self._put_blob(data, digests.get(role)), "size": len(data)}
                 for role, data in blobs.items()
             ]
             with self.engine.begin() as conn:
@@ -561,7 +572,7 @@ class RunStore:
                     conn.execute(workspace_blobs_table.insert(), refs)
             for ref in refs:  # see save(): a sweep on another host may have removed one before the commit
                 if not self.blob_path(ref["sha256"]).is_file():
-                    self._put_blob(blobs[ref["role"]])
+                    self._put_blob(blobs[ref["role"]], digests.get(ref["role"]))
         # the blobs the previous version used and this one does not are left to cleanup
 
     def load_workspace(self, workspace_id: str) -> tuple[str | None, dict[str, Any], dict[str, bytes]] | None:
@@ -670,8 +681,9 @@ class RunStore:
     def blob_path(self, digest: str) -> Path:
         return self.blob_dir / digest[:2] / digest[2:]
 
-    def _put_blob(self, data: bytes) -> str:
-        digest = hashlib.sha256(data).hexdigest()
+    def _put_blob(self, data: bytes, digest: str | None = None) -> str:
+        """Write a blob (atomically) unless it is there -> its sha256. ``digest``: the caller already knows it."""
+        digest = digest or hashlib.sha256(data).hexdigest()
         path = self.blob_path(digest)
         with contextlib.suppress(FileNotFoundError):
             if path.stat().st_size == len(data):

@@ -148,7 +148,9 @@ def restore(
 
 def save(store: RunStore, workspace_id: str, ws: session.Workspace, owner: str | None) -> None:
     state, blobs = snapshot(ws)
-    store.save_workspace(workspace_id, state, blobs, owner=owner)
+    # an uploaded model's key is the sha256 of its bytes: a large file is not hashed again on every save
+    known = {f"model/{n}": record.key.sha256 for n, record in enumerate(ws.models.values()) if f"model/{n}" in blobs}
+    store.save_workspace(workspace_id, state, blobs, owner=owner, digests=known)
 
 
 def load(

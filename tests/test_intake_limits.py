@@ -74,13 +74,14 @@ class PeakMemory:
         raise KeyError(key)
 
 
-# ====================================================================== builders: archives
-
 def shown(value: str) -> str:
     """What a Markdown element displays for text escaped by pages.controls.plain."""
     import re
 
     return re.sub(r"\\(.)", r"\1", value)
+
+
+# ====================================================================== builders: archives
 
 def deflated_zeros(size: int, prefix: bytes = b"") -> tuple[bytes, int]:
     """Raw deflate data for ``prefix`` then ``size`` zero bytes, and its CRC-32, from one compressed MiB.

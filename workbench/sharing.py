@@ -303,7 +303,7 @@ def revoke_link(ws: session.Workspace, run_id: str, store: RunStore, requester: 
     opened = ws.opened.get(run_id)
     ws.opened.discard(run_id)
     if opened is not None:
-        ws.opened.put(new_id, OpenedRun(dataclasses.replace(opened.comparison, run_id=new_id), opened.load_seconds))
+        ws.opened.put(new_id, dataclasses.replace(opened, comparison=dataclasses.replace(opened.comparison, run_id=new_id)))
     for key in [k for k, v in ws.saved.items() if v == run_id]:
         ws.saved[key] = new_id
     log.info("revoked the link of run %s (now %s)", run_id, new_id)

@@ -18,7 +18,8 @@ from workbench import session, sharing, warmup
 from workbench.errors import WorkbenchError
 from workbench.settings import check_environment
 
-st.set_page_config(page_title="Interpretability workbench", page_icon=":material/biotech:", layout="wide")
+# an emoji icon is drawn in the browser; a :material/...: page icon is fetched from an external font host
+st.set_page_config(page_title="Interpretability workbench", page_icon="🔬", layout="wide")
 
 try:
     check_environment()
@@ -38,7 +39,8 @@ if sharing.login_enabled() and not sharing.signed_in():
 # shap compiles its kernels on first use; start that now, off the request path, once per process.
 warmup.start_background_warm_up()
 if "workspace" not in st.session_state:
-    st.session_state["workspace"] = session.Workspace()
+    # the workspace named in the URL (?ws=), restored after a reload or a restart; else a new one
+    st.session_state["workspace"] = controls.open_workspace()
     try:  # a new session: a good moment for the daily retention cleanup (in the background, once a day)
         sharing.schedule_cleanup(sharing.run_store())
     except Exception:  # noqa: BLE001 - storage trouble shows where runs are used, not on every page
@@ -86,8 +88,12 @@ with st.sidebar:
     else:
         st.caption("No model loaded yet.")
     st.caption(f"Images: {len(workspace.images)} · Device: {session.device_description(workspace)}")
+    for note in st.session_state.get("workspace_notes", []):
+        st.caption(f"⚠ {controls.plain(note)}")
+    st.button("New workspace", key="app_new_workspace", icon=":material/note_add:", on_click=controls.new_workspace,
+              help="Start empty. This workspace stays saved under its address until cleanup.")
     if sharing.login_enabled():
-        st.caption(f"Signed in as {sharing.current_owner() or 'an unnamed user'}")
+        st.caption(f"Signed in as {controls.plain(sharing.current_owner() or 'an unnamed user')}")
         if st.button("Sign out", key="app_logout", icon=":material/logout:"):
             st.logout()
     with st.expander("Versions"):

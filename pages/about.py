@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages import controls
-from workbench import session
+from workbench import session, sharing
 from workbench.settings import get_settings
 
 ws: session.Workspace = controls.workspace("about")
@@ -18,9 +18,12 @@ st.markdown(
     "with one target and one colour scale, and see how much the methods agree."
 )
 
-device_col, trust_col = st.columns(2)
+device_col, trust_col, login_col = st.columns(3)
 device_col.metric("Device", session.device_description(ws))
 trust_col.metric("Trusted formats", "allowed" if settings.trusted_formats else "refused")
+view = sharing.visibility()
+login_col.metric("Sign-in", "on" if view.login else "off")
+st.caption(view.mode + " Operators (with sign-in on) are listed in WORKBENCH_OPERATORS.")
 st.caption(
     "Trusted formats are files that can run code when loaded (pickled nn.Module, TorchScript). "
     "Only the operator can allow them, with WORKBENCH_TRUSTED_FORMATS=1."

@@ -25,7 +25,7 @@ name = st.selectbox("Result", folders, key="batch_folder")
 try:
     result = batch.open_result(name, root)
 except WorkbenchError as error:
-    st.error(str(error), icon=":material/block:")
+    st.error(controls.plain(error), icon=":material/block:")
     st.stop()
 
 summary = result.summary
@@ -60,7 +60,7 @@ if selected:
         except (WorkbenchError, OSError) as error:
             grid[i % len(grid)].warning(controls.plain(f"{row['image']}: {error}"))
             continue
-        grid[i % len(grid)].image(image, caption=f"{row['image']} · {row['method']} · {row['class']}", use_container_width=True)
+        grid[i % len(grid)].image(image, caption=controls.plain(f"{row['image']} · {row['method']} · {row['class']}"), use_container_width=True)
 else:
     st.caption(f"Select rows (up to {MAX_GRID}) to see their maps.")
 

@@ -39,14 +39,35 @@ def workspace(url_path: str) -> session.Workspace:
     if "workspace" not in st.session_state:
         st.session_state[OPEN_PAGE_KEY] = url_path
         st.switch_page(ENTRY_POINT, query_params=st.query_params.to_dict())
-    return st.session_state["workspace"]
+    ws = st.session_state["workspace"]
+    keep_workspace(ws)  # every page's first call: what the last run changed is stored before this one draws
+    return ws
 
 
-def initial(key: str, value: Any) -> str:
-    """Give a widget its first value through Session State instead of a default argument, so that a saved
-    run's Re-run can set the value before the page draws the widget (:func:`preset_explain`); -> the key."""
-    st.session_state.setdefault(key, value)
-    return key
+KEPT = "kept_values"  # the values the user chose for Explain & compare's settings, outside any widget's state
+
+
+def _keep(key: str) -> None:
+    st.session_state[KEPT][key] = st.session_state[key]
+
+
+def kept(key: str, default: Any) -> dict[str, Any]:
+    """Keyword arguments that make a widget show, and return, the value the user last chose (else ``default``).
+
+    Streamlit drops a widget's state whenever a run does not draw it (another page, another model, the page
+    stopped early); the widget then came back at a default, and the next run silently used it. So the
+    chosen value lives in ``st.session_state[KEPT]``, is copied into the widget before it is drawn and is
+    copied back by ``on_change``: what a run uses is always what the page shows. :func:`set_kept` sets one.
+    """
+    values = st.session_state.setdefault(KEPT, {})
+    values.setdefault(key, default)
+    st.session_state[key] = values[key]
+    return {"key": key, "on_change": _keep, "args": (key,)}
+
+
+def set_kept(key: str, value: Any) -> None:
+    """Set a setting before its page draws it (Quick start, a saved run's Re-run)."""
+    st.session_state.setdefault(KEPT, {})[key] = value
 
 
 def method_params(record: session.LoadedModel, method: str, scope: str = "explain") -> dict[str, Any]:
@@ -65,18 +86,21 @@ def method_params(record: session.LoadedModel, method: str, scope: str = "explai
                 automatic = record.adapter.default_cam_layer()
             except WorkbenchError:
                 automatic = "none"
-            layer_views.apply_cam_choice(f"{key}_{record.id}", record.id, [None, *layers])  # picked on the Layers page
+            layer_key = f"{key}_{record.id}"
+            layer_views.apply_cam_choice(layer_key, record.id, [None, *layers], set_kept)  # picked on the Layers page
+            if st.session_state.get(KEPT, {}).get(layer_key, None) not in (None, *layers):
+                set_kept(layer_key, None)
             values[p.name] = st.selectbox(
                 "layer",
                 [None, *layers],
                 format_func=lambda name, auto=automatic: f"automatic ({auto})" if name is None else name,
-                key=f"{key}_{record.id}",
                 help=help_text,
+                **kept(layer_key, None),
             )
         elif p.choices:
-            values[p.name] = st.selectbox(p.name, list(p.choices), key=initial(key, p.default), help=help_text)
+            values[p.name] = st.selectbox(p.name, list(p.choices), help=help_text, **kept(key, p.default))
         elif p.kind is bool:
-            values[p.name] = st.toggle(p.name, key=initial(key, bool(p.default)), help=help_text)
+            values[p.name] = st.toggle(p.name, help=help_text, **kept(key, bool(p.default)))
         elif p.kind in (int, float):
             cast = p.kind
             values[p.name] = st.number_input(
@@ -84,11 +108,11 @@ def method_params(record: session.LoadedModel, method: str, scope: str = "explai
                 min_value=cast(p.minimum) if p.minimum is not None else None,
                 max_value=cast(p.maximum) if p.maximum is not None else None,
                 step=1 if cast is int else 0.01,
-                key=initial(key, cast(p.default)),
                 help=help_text,
+                **kept(key, cast(p.default)),
             )
         else:
-            text = st.text_input(p.name, key=initial(key, p.default or ""), help=help_text)
+            text = st.text_input(p.name, help=help_text, **kept(key, p.default or ""))
             values[p.name] = text or None
     return values
 
@@ -107,7 +131,7 @@ def display_options() -> Display:
     """How maps are drawn; changing any of these never recomputes a map."""
     cols = st.columns([3, 2, 2, 2, 2, 2], vertical_alignment="bottom")
     normalise = cols[0].selectbox("Normalisation", list(NORMALISATIONS), format_func=NORMALISATIONS.get, key="display_normalise")
-    opacity = cols[1].slider("Opacity", 0.0, 1.0, 0.5, 0.05, key="display_opacity")
+    opacity = cols[1].slider("Opacity", 0.0, 1.0, render.DEFAULT_OPACITY, 0.05, key="display_opacity")
     cmap = cols[2].selectbox("Colormap", render.SEQUENTIAL_CMAPS, key="display_cmap")
     diverging = cols[3].selectbox("Signed maps", render.DIVERGING_CMAPS, key="display_diverging", help="Diverging colormap for signed maps.")
     positive_only = cols[4].toggle("Positive only", key="display_positive", help="Show only evidence for the target.")
@@ -120,12 +144,31 @@ def _enlarge(image: np.ndarray) -> np.ndarray:
     return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1) if factor > 1 else image
 
 
+COLORBAR_PX = 12  # the colour bar's height under each map, in display pixels
+
+
+def value_range(result: Attribution, display: Display, scale: float | None) -> str:
+    """The values the colour bar spans: the cell's scale (the per-map one when None), signed or not."""
+    s = scale if scale and scale > 0 else render.scale_of(result.map, result.signed, display.positive_only)
+    return f"−{s:.3g} … 0 … +{s:.3g}" if result.signed and not display.positive_only else f"0 … {s:.3g}"
+
+
 def picture(pixels, result: Attribution, display: Display, scale: float | None) -> np.ndarray:
-    """uint8 RGB of one map: overlaid on the image, or alone (raw: the model-resolution map).
+    """uint8 RGB of one map (overlaid on the image, or alone; raw: the model-resolution map), enlarged,
+    with its colour bar underneath: the colormap from the lowest to the highest value shown (the caption
+    gives the values).
 
     ``pixels`` is an array, or an ExplainedImage: then the overlay is drawn on the original image at its
     own size and aspect ratio, the map mapped back through the resize it went through.
     """
+    image = _map_picture(pixels, result, display, scale)
+    signed = result.signed and not display.positive_only
+    bar = render.colorbar(image.shape[1], display.diverging if signed else display.cmap, signed, COLORBAR_PX)
+    gap = np.full((max(2, COLORBAR_PX // 3), image.shape[1], 3), 255, np.uint8)
+    return np.concatenate([image, gap, bar], axis=0)
+
+
+def _map_picture(pixels, result: Attribution, display: Display, scale: float | None) -> np.ndarray:
     signed = result.signed and not display.positive_only
     cmap = display.diverging if signed else display.cmap
     if display.raw:
@@ -164,13 +207,13 @@ def grid(
     top = st.columns(widths)
     top[0].markdown("**Image**")
     for col, header in zip(top[1:], headers):
-        col.markdown(f"**{header}**")
+        col.markdown(f"**{plain(header)}**")
     if extra:
         top[-1].markdown("**Agreement**")
     for i, ((caption, pixels), row, row_scales) in enumerate(zip(images, results, scales(results, display))):
         cols = st.columns(widths, vertical_alignment="top")
         shown = (pixels.original if pixels.original is not None else pixels.pixels) if isinstance(pixels, ExplainedImage) else pixels
-        cols[0].image(_enlarge(render.to_uint8(shown)), caption=caption, width="stretch")
+        cols[0].image(_enlarge(render.to_uint8(shown)), caption=plain(caption), width="stretch")
         if downloads:
             name, data = downloads[i]
             cols[0].download_button(
@@ -178,21 +221,32 @@ def grid(
                 icon=":material/download:", on_click="ignore",
             )
         for col, result, scale in zip(cols[1:], row, row_scales):
-            note = f"{result.seconds:.2f} s · {result.evaluations} passes"
+            # an explainer times its whole batch: with several images the time is their mean, and says so
+            each = f"{result.seconds:.2f} s" if len(images) == 1 else f"{result.seconds:.2f} s/image (mean of {len(images)})"
+            note = f"colour {value_range(result, display, scale)} · {each} · {result.evaluations} passes"
             if result.score:
                 note = f"explains {result.score} · " + note
             if result.completeness_ratio is not None:
                 note += f" · gap {result.completeness_ratio:.1%}"
             col.image(picture(pixels, result, display, scale), caption=note, width="stretch")
             for warning in result.notes:
-                col.caption(f"⚠ {warning}")
+                col.caption(f"⚠ {plain(warning)}")
         if extra:
             cols[-1].markdown(extra[i])
 
 
 def plain(text: object) -> str:
-    """Text for st.markdown shown as it is: file names and e-mail addresses are not markup."""
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~<>$@:])", r"\\\1", str(text))
+    """Text for any element that renders Markdown (markdown, caption, subheader, error, image captions,
+    spinner and status labels), shown as it is: file names, class names and e-mail addresses are not markup.
+
+    Every character Markdown, GitHub's extensions or Streamlit's directives give a meaning is escaped:
+    links and images (``[`` ``!``), HTML (``<``), autolinks (``:`` ``@``), emphasis, code, tables, maths,
+    colours and icons (``:red[``, ``:material/...:``); a leading list or heading marker too. Line breaks
+    become spaces, so a name cannot start a block of its own.
+    """
+    text = " ".join(str(text).split())
+    text = re.sub(r"([\\`*_{}\[\]()#+!|~<>$@:=^&])", r"\\\1", text)
+    return re.sub(r"^(\d+)([.)])|^([-.])", lambda m: f"{m[1]}\\{m[2]}" if m[1] else f"\\{m[3]}", text)
 
 
 def method_title(name: str) -> str:
@@ -293,8 +347,8 @@ def explain_on_arrival() -> None:
     """Quick start's last step: Explain & compare with the default methods, computed as the page opens."""
     state = st.session_state
     state.pop("explain_rerun", None)
-    state["explain_mode"] = "methods"
-    state["explain_methods"] = list(session.DEFAULT_METHODS)
+    set_kept("explain_mode", "methods")
+    set_kept("explain_methods", list(session.DEFAULT_METHODS))
     state["explain_autorun"] = True
     st.switch_page("pages/explain.py")
 
@@ -304,11 +358,10 @@ def preset_explain(rerun: sharing.Rerun) -> None:
     that page draws them (the keys are the ones :func:`method_params` and the page use)."""
     import explainers
 
-    state = st.session_state
-    state["explain_mode"] = "methods"
-    state["explain_methods"] = list(rerun.methods)
-    state["explain_seed"] = int(rerun.seed)
-    state["explain_background"] = bool(rerun.background)
+    set_kept("explain_mode", "methods")
+    set_kept("explain_methods", list(rerun.methods))
+    set_kept("explain_seed", int(rerun.seed))
+    set_kept("explain_background", bool(rerun.background))
     layers = set(session.spatial_layers(rerun.record))
     for method in rerun.methods:
         values = rerun.params.get(method, {})
@@ -317,10 +370,82 @@ def preset_explain(rerun: sharing.Rerun) -> None:
                 continue
             value, key = values[p.name], f"explain_{method}_{p.name}"
             if p.name == "layer":
-                state[f"{key}_{rerun.record.id}"] = value if value in layers else None
+                set_kept(f"{key}_{rerun.record.id}", value if value in layers else None)
             elif p.choices or p.kind is bool:
-                state[key] = value
+                set_kept(key, value)
             elif p.kind in (int, float):
-                state[key] = p.kind(value)
+                set_kept(key, p.kind(value))
             else:
-                state[key] = value or ""
+                set_kept(key, value or "")
+
+
+# ---------------------------------------------------------------------------- the workspace across reloads
+WORKSPACE_ID = "workspace_id"
+WORKSPACE_SAVED = "workspace_saved"  # the fingerprint of the workspace as last stored
+
+
+def open_workspace() -> session.Workspace:
+    """The workspace named by the page's ``?ws=`` (restored from the store), else a new one with a new id.
+
+    A reload or a server restart then finds the same models, images and maps: the id stays in the URL
+    (:func:`keep_workspace` puts it back after page switches) and the state is saved whenever it changes.
+    """
+    import logging
+
+    from workbench import workspaces
+
+    state = st.session_state
+    wanted = st.query_params.get("ws")
+    ws, notes, workspace_id = None, [], None
+    if wanted:
+        try:
+            found = workspaces.load(sharing.run_store(), wanted, sharing.current_owner())
+        except Exception:  # noqa: BLE001 - a workspace that cannot come back is replaced by a new one
+            logging.getLogger("workbench.app").exception("restoring workspace %r failed", wanted)
+            found = None
+            notes = ["The saved workspace could not be restored; this is a new one."]
+        if found is not None:
+            (ws, notes), workspace_id = found, wanted
+    if ws is None:
+        ws, workspace_id = session.Workspace(), workspaces.new_id()
+    state[WORKSPACE_ID] = workspace_id
+    state[WORKSPACE_SAVED] = workspaces.fingerprint(ws)
+    state["workspace_notes"] = notes
+    st.query_params["ws"] = workspace_id
+    return ws
+
+
+def keep_workspace(ws: session.Workspace) -> None:
+    """Each run: the id back in the URL, and the workspace stored when it changed since it was last stored."""
+    import logging
+
+    from workbench import workspaces
+
+    state = st.session_state
+    workspace_id = state.get(WORKSPACE_ID)
+    if not workspace_id:
+        return
+    if st.query_params.get("ws") != workspace_id:
+        st.query_params["ws"] = workspace_id
+    now = workspaces.fingerprint(ws)
+    if now == state.get(WORKSPACE_SAVED):
+        return
+    try:
+        workspaces.save(sharing.run_store(), workspace_id, ws, sharing.current_owner())
+    except Exception:  # noqa: BLE001 - the session keeps working; only a reload would lose it
+        logging.getLogger("workbench.app").exception("saving workspace %s failed", workspace_id)
+        return
+    state[WORKSPACE_SAVED] = now
+
+
+def new_workspace() -> None:
+    """An empty workspace under a new id; the old one stays stored until cleanup (its URL still opens it)."""
+    from workbench import workspaces
+
+    state = st.session_state
+    ws = session.Workspace()
+    state["workspace"] = ws
+    state[WORKSPACE_ID] = workspaces.new_id()
+    state[WORKSPACE_SAVED] = workspaces.fingerprint(ws)
+    state["workspace_notes"] = []
+    st.query_params["ws"] = state[WORKSPACE_ID]

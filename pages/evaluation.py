@@ -40,7 +40,7 @@ def metric_params(name: str, scope: str) -> dict[str, Any]:
         values[p.name] = st.number_input(
             p.name, min_value=cast(p.minimum) if p.minimum is not None else None,
             max_value=cast(p.maximum) if p.maximum is not None else None,
-            step=1 if cast is int else 0.05, key=controls.initial(key, cast(p.default)), help=p.help,
+            step=1 if cast is int else 0.05, help=p.help, **controls.kept(key, cast(p.default)),
         )
     return values
 
@@ -52,7 +52,7 @@ def section(ws: session.Workspace, record: session.LoadedModel, comparison: Comp
                "the model-randomisation sanity check and complexity, each beside the same metric on a seeded random map.")
     masks = evaluations.masks_for(ws, comparison)
     chosen = st.multiselect(
-        "Metrics", metrics.names(), key=controls.initial(f"{scope}_metrics", list(evaluations.DEFAULT_METRICS)),
+        "Metrics", metrics.names(), **controls.kept(f"{scope}_metrics", list(evaluations.DEFAULT_METRICS)),
         format_func=lambda name: metrics.REGISTRY[name].title,
     )
     if not chosen:
@@ -70,7 +70,7 @@ def section(ws: session.Workspace, record: session.LoadedModel, comparison: Comp
     try:
         work = evaluations.plan(record, comparison, comparison_key, chosen, params, masks=masks)
     except WorkbenchError as error:
-        st.error(str(error), icon=":material/block:")
+        st.error(controls.plain(error), icon=":material/block:")
         return
     found = evaluations.cached(ws, work, comparison)
     if found is not None and comparison.run_id:
@@ -147,4 +147,4 @@ def show(evaluation: Any, comparison: Comparison, masks: Sequence[np.ndarray | N
         if index < len(masks) and masks[index] is not None:
             with columns[len(curve_metrics) % 2]:
                 st.image(evaluations.mask_picture(comparison.images[index].pixels, masks[index]),
-                         caption=f"Ground-truth mask of {comparison.images[index].name}", width=256)
+                         caption=f"Ground-truth mask of {controls.plain(comparison.images[index].name)}", width=256)

@@ -9,7 +9,7 @@ import streamlit as st
 
 import explainers
 from pages import controls, evaluation
-from workbench import session, sharing
+from workbench import calibration, session, sharing
 from workbench.errors import WorkbenchError
 
 log = logging.getLogger("workbench.app")
@@ -27,7 +27,7 @@ if not ws.images:
     st.stop()
 
 MODES = {"methods": "Several methods, one model", "models": "One method, two models"}
-mode = st.segmented_control("Compare", list(MODES), format_func=MODES.get, required=True, key=controls.initial("explain_mode", "methods"))
+mode = st.segmented_control("Compare", list(MODES), format_func=MODES.get, required=True, **controls.kept("explain_mode", "methods"))
 others = [m for m in ws.models.values() if m.id != record.id]
 if mode == "models" and not others:
     st.info("Load a second model (for example shapes-cnn-keras next to shapes-cnn-torch) to compare one method across models.")
@@ -37,13 +37,13 @@ pick_col, option_col = st.columns([3, 1], gap="large")
 with pick_col:
     if mode == "methods":
         methods = st.multiselect(
-            "Methods", explainers.names(), key=controls.initial("explain_methods", list(session.DEFAULT_METHODS)),
+            "Methods", explainers.names(), **controls.kept("explain_methods", list(session.DEFAULT_METHODS)),
             format_func=lambda name: explainers.REGISTRY[name].title,
         )
         models = [record]
     else:
         left, right = st.columns(2)
-        method = left.selectbox("Method", explainers.names(), key="explain_method", format_func=lambda name: explainers.REGISTRY[name].title)
+        method = left.selectbox("Method", explainers.names(), format_func=lambda name: explainers.REGISTRY[name].title, **controls.kept("explain_method", explainers.names()[0]))
         options = [m.id for m in others]
         second = right.selectbox(
             "Compare with", options, key=f"explain_second_{session.digest(options)[:8]}", format_func=lambda i: ws.models[i].name
@@ -57,8 +57,8 @@ with pick_col:
     )
     ws.left_out = set(names) - set(chosen)
 with option_col:
-    seed = int(st.number_input("Seed", min_value=0, step=1, key=controls.initial("explain_seed", 0), help="For the stochastic methods (SHAP, SmoothGrad, Expected Gradients)."))
-    use_images = st.toggle("Loaded images as background", key="explain_background", help="For Expected Gradients and the IG 'background' baseline; off = each method's default.")
+    seed = int(st.number_input("Seed", min_value=0, step=1, help="For the stochastic methods (SHAP, SmoothGrad, Expected Gradients).", **controls.kept("explain_seed", 0)))
+    use_images = st.toggle("Loaded images as background", help="For Expected Gradients and the IG 'background' baseline; off = each method's default.", **controls.kept("explain_background", False))
 
 params = {}
 for name in methods:
@@ -72,7 +72,7 @@ background = list(ws.images.values()) if use_images else None
 try:
     plans = [session.plan(ws, m, entries, methods, session.params_for(m, params), seed, background=background) for m in models]
 except WorkbenchError as error:
-    st.error(str(error), icon=":material/block:")
+    st.error(controls.plain(error), icon=":material/block:")
     st.stop()
 
 todo = sum(p.results_to_compute for p in plans)
@@ -85,15 +85,37 @@ if rerun_of and autorun:
 if rerun_of and rerun_of.get("key") == keys[0]:  # only while the page shows what the Re-run computed
     st.info(f"Re-run of saved run `{rerun_of['run_id'][:12]}…` with its model, images, methods, parameters and seed.", icon=":material/replay:")
     for note in rerun_of["notes"]:
-        st.warning(note, icon=":material/warning:")
+        st.warning(controls.plain(note), icon=":material/warning:")
+# A run in flight: Run's on_click marks this script run as the one that computes, so Run is drawn disabled
+# while it works. Cancel (or leaving the page) interrupts the script; each method's maps are cached as it
+# finishes, so those are kept (and stored with the workspace), and the next visit says the run stopped.
+RUNNING, IN_FLIGHT, CANCELLED = "explain_running", "explain_in_flight", "explain_cancelled"
+running = bool(st.session_state.pop(RUNNING, False) and todo) or bool(autorun and todo)
+stopped = None if running else st.session_state.pop(IN_FLIGHT, None)
+if st.session_state.pop(CANCELLED, False) or stopped:
+    kept = (stopped or {}).get("todo", 0) - todo if stopped else 0
+    st.info(
+        "The last run stopped before it finished (cancelled, or the page was left)"
+        + (f": {kept} of its {stopped['todo']} map(s) were computed and are kept" if stopped and kept > 0 else "")
+        + ". Run computes what is missing.",
+        icon=":material/stop_circle:",
+    )
 run_col, cost_col = st.columns([1, 5], vertical_alignment="center")
-pressed = run_col.button("Run", type="primary", disabled=todo == 0, icon=":material/play_arrow:", key="explain_run")
+run_col.button(
+    "Run", type="primary", disabled=todo == 0 or running, icon=":material/play_arrow:", key="explain_run",
+    on_click=lambda: st.session_state.__setitem__(RUNNING, True),
+)
 if todo:
-    seconds = sum(p.seconds for p in plans)
-    forward_ms = " / ".join(f"{session.forward_seconds(m) * 1000:.1f}" for m in models)
+    timed = [calibration.seconds(calibration.PROCESS_TIMINGS, calibration.model_key(m.adapter), p.estimate) for m, p in zip(models, plans)]
+    seconds = sum(s for s, _ in timed)
+    if all(measured for _, measured in timed):
+        basis = "from the times measured for these methods on this model"
+    else:
+        forward_ms = " / ".join(f"{session.forward_seconds(m) * 1000:.1f}" for m in models)
+        basis = f"from a forward pass measured at {forward_ms} ms per image in a batch; runs refine it"
     cost_col.caption(
         f"{todo} map(s) to compute · about {sum(p.evaluations for p in plans):,} model passes · "
-        f"estimated {seconds:.1f} s (a forward pass measured at {forward_ms} ms per image in a batch)"
+        f"estimated {seconds:.1f} s ({basis})"
     )
 else:
     cost_col.caption((f"Last run: {last_run}. " if last_run else "") + "Every map for these settings is computed; display options change only the picture.")
@@ -118,23 +140,31 @@ def save(model: session.LoadedModel, work: session.Plan) -> None:
         st.session_state.pop("explain_save_notice", None)
 
 
-if pressed or (autorun and todo):
+if running:
+    st.session_state[IN_FLIGHT] = {"todo": todo}
     with st.status(f"Computing {todo} map(s)…", expanded=True) as status:
+        st.button("Cancel", key="explain_cancel", icon=":material/stop:", on_click=lambda: st.session_state.__setitem__(CANCELLED, True),
+                  help="Stop now: the maps of the methods that have finished are kept; the method running is dropped.")
         bar = st.progress(0.0, text="starting")
         started = time.perf_counter()
         try:
             for n, (model, work) in enumerate(zip(models, plans)):
                 prefix = f"{model.name}: " if len(models) > 1 else ""
-                session.run(
+                began = time.perf_counter()
+                computed = session.run(
                     ws, model, entries, work, seed,
                     progress=lambda f, message, n=n, p=prefix: bar.progress(min(1.0, (n + f) / len(models)), text=p + message),
                 )
+                calibration.record_run(calibration.PROCESS_TIMINGS, model.adapter, work, computed, time.perf_counter() - began)
         except WorkbenchError as error:
-            status.update(label=str(error), state="error")
+            st.session_state.pop(IN_FLIGHT, None)
+            status.update(label=controls.plain(error), state="error")
         except Exception as error:  # noqa: BLE001 - the app keeps working; the traceback is for the operator
+            st.session_state.pop(IN_FLIGHT, None)
             log.exception("explaining failed")
             status.update(label=f"The run failed ({type(error).__name__}); the details are in the server log.", state="error")
         else:
+            st.session_state.pop(IN_FLIGHT, None)
             st.session_state["explain_last_run"] = f"computed {todo} map(s) in {time.perf_counter() - started:.1f} s"
             bar.progress(1.0, text="saving the run")
             for model, work in zip(models, plans):  # every completed run is saved: its link exists at once
@@ -154,7 +184,7 @@ display = controls.display_options()
 with st.container(border=True):
     if not all(saved):
         if st.session_state.get("explain_save_notice"):
-            st.error(st.session_state["explain_save_notice"], icon=":material/cloud_off:")
+            st.error(controls.plain(st.session_state["explain_save_notice"]), icon=":material/cloud_off:")
         else:  # assembled from maps computed for other settings: saving them is the user's choice
             st.caption("These maps were computed earlier in this session, for other settings, and are not saved yet.")
         if st.button("Save & share", key="explain_save", icon=":material/share:"):

@@ -45,7 +45,7 @@ with upload_col:
     if len(ws.images) != before:
         st.rerun()  # so the sidebar counts the new images
     for message in st.session_state.get("images_notice", []):
-        st.error(message, icon=":material/block:")
+        st.error(controls.plain(message), icon=":material/block:")
 
 with zoo_col:
     try:
@@ -72,7 +72,7 @@ if record is None:
     st.warning("No model loaded: load one on the Models page to see predictions.")
 else:
     st.caption(
-        f"Predictions of **{record.name}**"
+        f"Predictions of **{controls.plain(record.name)}**"
         + (" (softmax of its logits, for display)" if record.adapter.output_kind == "logits" else "")
         + ". The target is the class each explanation is for; by default the predicted one."
     )
@@ -85,7 +85,7 @@ for n, entry in enumerate(list(ws.images.values())):
         caption = f"{image.name} · {image.original_size[1]}x{image.original_size[0]} {image.format}"
         if entry.label:
             caption += f" · true class: {entry.label}"
-        thumb.image(render.to_uint8(image.pixels), caption=caption, width="stretch")
+        thumb.image(render.to_uint8(image.pixels), caption=controls.plain(caption), width="stretch")
         if entry.mask is not None:
             thumb.caption("has a ground-truth mask")
         mask_files = thumb.file_uploader(
@@ -100,7 +100,7 @@ for n, entry in enumerate(list(ws.images.values())):
             else:
                 st.rerun()
         for note in image.notes:
-            thumb.caption(f"ℹ {note}")
+            thumb.caption(f"ℹ {controls.plain(note)}")
         with info:
             if record is not None:
                 rows = session.top_predictions(ws, record, entry)

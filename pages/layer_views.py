@@ -28,16 +28,16 @@ def cam_choice(model_id: str) -> str | None:
     return st.session_state.get(CAM_CHOICE_KEY, {}).get(model_id)
 
 
-def apply_cam_choice(widget_key: str, model_id: str, options: Sequence[str | None]) -> None:
-    """Before a CAM method's layer widget is drawn: set it to the Layers page's choice, once per choice,
-    so a later change on Explain & compare itself stays."""
+def apply_cam_choice(widget_key: str, model_id: str, options: Sequence[str | None], keep) -> None:
+    """Before a CAM method's layer widget is drawn: set it (``keep(widget_key, value)``, the page's kept
+    settings) to the Layers page's choice, once per choice, so a later change on Explain & compare itself stays."""
     choices = st.session_state.get(CAM_CHOICE_KEY, {})
     if model_id not in choices:
         return
     chosen = choices[model_id]
     marker = f"{widget_key}_from_layers"
     if chosen in options and st.session_state.get(marker, "\0") != chosen:
-        st.session_state[widget_key] = chosen
+        keep(widget_key, chosen)
         st.session_state[marker] = chosen
 
 

@@ -75,14 +75,14 @@ with upload_col:
             help=f"At most {get_settings().max_input_side} pixels a side (operator setting WORKBENCH_MAX_INPUT_SIDE).",
         )
     if uploaded is not None and session.new_uploads(ws, f"model|{architecture}|{size_text}", [uploaded]):
-        with st.spinner(f"Loading {uploaded.name}…"):
+        with st.spinner(f"Loading {controls.plain(uploaded.name)}…"):
             attempt(
                 lambda: session.load_upload(ws, uploaded.getvalue(), uploaded.name, architecture=architecture, input_size=parse_size(size_text)),
                 uploaded.name,
                 "models_notice",
             )
     if st.session_state.get("models_notice"):
-        st.error(st.session_state["models_notice"], icon=":material/block:")
+        st.error(controls.plain(st.session_state["models_notice"]), icon=":material/block:")
 
 with zoo_col:
     st.subheader("Or pick a zoo model")
@@ -94,7 +94,7 @@ with zoo_col:
         with st.spinner(f"Loading {zoo_name}…"):
             attempt(lambda: session.load_zoo(ws, zoo_name), zoo_name, "models_zoo_notice")
     if st.session_state.get("models_zoo_notice"):
-        st.error(st.session_state["models_zoo_notice"], icon=":material/block:")
+        st.error(controls.plain(st.session_state["models_zoo_notice"]), icon=":material/block:")
     if not ws.models and st.button(
         "Quick start: shapes-cnn-torch, a sample image, and Grad-CAM, IG and SHAP side by side",
         key="models_quick_start", icon=":material/bolt:",
@@ -109,7 +109,7 @@ if record is None:
 
 st.divider()
 head, remove = st.columns([5, 1], vertical_alignment="bottom")
-head.subheader(f"Active model: {record.name}")
+head.subheader(f"Active model: {controls.plain(record.name)}")
 if remove.button("Unload", key=f"models_remove_{record.id}", icon=":material/delete:"):
     session.remove_model(ws, record.id)
     st.rerun()
@@ -149,9 +149,9 @@ with settings_col:
     if labels_file is not None and session.new_uploads(ws, f"labels|{record.id}", [labels_file]):
         attempt(lambda: session.set_labels(record, labels_file.getvalue(), labels_file.name), labels_file.name, "models_labels_notice")
     if st.session_state.get("models_labels_notice"):
-        st.error(st.session_state["models_labels_notice"], icon=":material/block:")
+        st.error(controls.plain(st.session_state["models_labels_notice"]), icon=":material/block:")
     sample, rows = session.test_prediction(ws, record)
-    st.markdown(f"**Test prediction** on `{sample.name}` · a forward pass takes {session.forward_seconds(record) * 1000:.1f} ms per image (batched)")
+    st.markdown(f"**Test prediction** on {controls.plain(sample.name)} · a forward pass takes {session.forward_seconds(record) * 1000:.1f} ms per image (batched)")
     st.dataframe(
         rows[:3],
         column_config={"probability": st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.3f")},

@@ -11,7 +11,7 @@ import streamlit as st
 from pages import controls, evaluation
 from workbench import session, sharing
 from workbench.errors import RunNotFound, WorkbenchError
-from workbench.store import RunDamaged
+from workbench.store import RunDamaged, StoreUnavailable
 
 log = logging.getLogger("workbench.app")
 ws: session.Workspace = controls.workspace("saved")
@@ -25,8 +25,8 @@ if run_id is None:
 
 try:
     opened = sharing.open_run(ws, run_id, sharing.run_store())
-except (RunNotFound, RunDamaged) as error:
-    st.error(str(error), icon=":material/link_off:")
+except (RunNotFound, RunDamaged, StoreUnavailable) as error:
+    st.error(controls.plain(error), icon=":material/link_off:")
     st.page_link("pages/runs.py", label="Runs", icon=":material/history:")
     st.stop()
 except Exception as error:  # noqa: BLE001 - the app keeps working; the traceback is for the operator
@@ -56,7 +56,7 @@ with st.container(border=True):
             with st.spinner("Loading the run's model and images…"):
                 rerun = sharing.reload(ws, comparison.run_id, sharing.run_store())
         except WorkbenchError as error:
-            st.error(str(error), icon=":material/block:")
+            st.error(controls.plain(error), icon=":material/block:")
         except Exception as error:  # noqa: BLE001 - the app keeps working; the traceback is for the operator
             log.exception("re-running run %s failed", comparison.run_id)
             st.error(f"The run could not be loaded for a re-run ({type(error).__name__}); the details are in the server log.", icon=":material/block:")

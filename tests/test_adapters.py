@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-keras = pytest.importorskip("keras")
-tf = pytest.importorskip("tensorflow")
+import torch
+import keras
+import tensorflow as tf
 
 from workbench.adapters.base import LayerInfo, choose_cam_layer, detect_output_kind  # noqa: E402
 from workbench.adapters.keras_adapter import KerasAdapter  # noqa: E402

@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +93,30 @@ def chart_titles(at: AppTest) -> list[str]:
     return titles
 
 
+def shown(value: str) -> str:
+    """What a Markdown element displays for text escaped by pages.controls.plain: the escapes removed."""
+    return re.sub(r"\\(.)", r"\1", value)
+
+
+def rendered(value: str) -> tuple[str, str]:
+    """Markdown source -> (HTML as CommonMark renders it, the text a reader sees)."""
+    import html
+
+    from markdown_it import MarkdownIt  # rich's Markdown parser, installed with Streamlit
+
+    page_html = MarkdownIt("commonmark").enable("table").enable("strikethrough").render(value)
+    return page_html, html.unescape(re.sub(r"<[^>]+>", "", page_html)).strip()
+
+
+def markdown_texts(at: AppTest) -> list[str]:
+    """The source of every element Streamlit renders as Markdown, main area and sidebar."""
+    texts = []
+    for kind in ("markdown", "caption", "title", "header", "subheader", "error", "warning", "info", "success"):
+        texts += [el.value for el in at.get(kind)] + [el.value for el in getattr(at.sidebar, kind, [])]
+    texts += [caption for el in at.get("image") for caption in el.captions if caption]
+    return texts
+
+
 def load_zoo_and_sample(at: AppTest, model: str = "shapes-cnn-torch", sample: str | None = None) -> None:
     page(at, "pages/models.py")
     at.selectbox(key="models_zoo").set_value(model)
@@ -111,7 +137,8 @@ def test_every_page_renders_without_a_model():
         page(at, path)
         if path != "pages/about.py":
             assert at.info, f"{path} says what to do first"
-    assert [m.label for m in at.metric] == ["Device", "Trusted formats"]
+    assert [m.label for m in at.metric] == ["Device", "Trusted formats", "Sign-in"]
+    assert at.metric[2].value == "off" and any("Sign-in is off" in c.value for c in at.caption)
 
 
 def test_home_page_imports_no_framework():
@@ -212,7 +239,7 @@ def test_parameter_over_a_cap_shows_the_message():
     page(at, "pages/explain.py")
     at.number_input(key="explain_integrated_gradients_steps").set_value(10_000).run()
     assert not at.exception
-    assert any("cap" in e.value and "WORKBENCH_MAX_IG_STEPS" in e.value for e in at.error)
+    assert any("cap" in e.value and "WORKBENCH_MAX_IG_STEPS" in shown(e.value) for e in at.error)
 
 
 @needs_zoo
@@ -242,7 +269,7 @@ def test_sidebar_switches_the_active_model():
     at.selectbox(key="sidebar_model").set_value("shapes-cnn-torch").run()
     assert not at.exception
     assert ws.active == "shapes-cnn-torch"
-    assert any("Active model: shapes-cnn-torch" in h.value for h in at.subheader)
+    assert any("Active model: shapes-cnn-torch" in shown(h.value) for h in at.subheader)
 
 
 # --------------------------------------------------------------------------- uploads
@@ -260,6 +287,78 @@ def test_keras_model_and_png_through_the_file_uploaders(keras_bytes):
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert [e.name for e in ws.images.values()] == ["sample.png"]
     assert at.selectbox(key=next(k for k in at.session_state if str(k).startswith("images_target_"))) is not None
+
+
+def test_markdown_in_file_and_class_names_is_shown_as_literal_text(keras_bytes):
+    """A file name is not markup: no page turns one into a link, a remote image or HTML."""
+    name = "[Sign in again](https://evil.example/login) ![px](https://evil.example/px.png).keras"
+    image_name = "<b>x</b> [y](https://evil.example/y).png"
+    label = "**bold** [z](https://evil.example/z)"
+    at = start()
+    at.file_uploader(key="models_upload").set_value((name, keras_bytes, "application/octet-stream")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    record = workspace(at).model
+    assert record.name == name
+    labels = "\n".join([label] + [f"class {k}" for k in range(1, record.adapter.num_classes)])
+    at.file_uploader(key=f"models_labels_{record.id}").set_value(("labels.txt", labels.encode(), "text/plain")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    page(at, "pages/images.py")
+    at.file_uploader(key="images_upload").set_value([(image_name, png_bytes(), "image/png")]).run()
+    seen = markdown_texts(at)
+    page(at, "pages/models.py")
+    seen += markdown_texts(at)
+    page(at, "pages/explain.py")
+    at.multiselect(key="explain_methods").set_value(["gradcam"]).run()
+    at.button(key="explain_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    seen += markdown_texts(at)
+
+    for text in (name, image_name):
+        assert any(text in shown(value) for value in seen), f"{text!r} is shown"
+    for value in seen:
+        page_html, text = rendered(value)
+        assert "<b>" not in page_html, value
+        if "evil.example" in value:  # the page's own links (a method's paper) are fine; a user's never are
+            assert "<a " not in page_html and "<img" not in page_html, value
+            assert re.search(r"(?<!\\)://", value) is None, f"an autolink in {value!r}"
+            assert any(n in text for n in (name, image_name, label)), f"{value!r} reads {text!r}"
+    assert f"Active model: {name}" in [rendered(v)[1] for v in seen]
+
+
+def tiny_onnx(channels: int) -> bytes:
+    """A small untrained CNN for ``channels``-channel 32 x 32 input, exported to ONNX."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    module = nn.Sequential(
+        nn.Conv2d(channels, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    ).eval()
+    buffer = io.BytesIO()
+    torch.onnx.export(module, torch.rand(1, channels, 32, 32), buffer, dynamo=False, input_names=["x"], dynamic_axes={"x": {0: "n"}})
+    return buffer.getvalue()
+
+
+def test_other_channel_counts_are_refused_at_intake_and_greyscale_works_on_every_page():
+    at = start()
+    at.file_uploader(key="models_upload").set_value(("five.onnx", tiny_onnx(5), "application/octet-stream")).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "5-channel" in at.error[0].value, [e.value for e in at.error]
+    assert workspace(at).model is None
+
+    at.file_uploader(key="models_upload").set_value(("grey.onnx", tiny_onnx(1), "application/octet-stream")).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert workspace(at).model.adapter.input_size == (32, 32, 1)
+    page(at, "pages/images.py")
+    at.file_uploader(key="images_upload").set_value([("colour.png", png_bytes(), "image/png")]).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    page(at, "pages/explain.py")
+    at.multiselect(key="explain_methods").set_value(["gradcam", "saliency"]).run()
+    at.button(key="explain_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    for path in PAGES:
+        page(at, path)
+        assert not at.error, (path, [e.value for e in at.error])
 
 
 def test_labels_file_applies_or_is_refused_with_its_message(keras_bytes):
@@ -294,7 +393,7 @@ def test_refused_upload_shows_its_message_and_the_next_upload_works(keras_bytes)
     noise = np.random.default_rng(0).bytes(4096)
     at.file_uploader(key="models_upload").set_value(("weights.pt", noise, "application/octet-stream")).run()
     assert not at.exception
-    assert len(at.error) == 1 and "weights.pt" in at.error[0].value
+    assert len(at.error) == 1 and "weights.pt" in shown(at.error[0].value)
     assert "Traceback" not in at.error[0].value and "\n" not in at.error[0].value
     assert workspace(at).model is None
 
@@ -308,7 +407,7 @@ def test_refused_image_shows_its_message_and_the_next_image_works():
     page(at, "pages/images.py")
     at.file_uploader(key="images_upload").set_value([("scan.pdf", b"%PDF-1.7 not an image", "application/pdf")]).run()
     assert not at.exception
-    assert len(at.error) == 1 and "scan.pdf" in at.error[0].value
+    assert len(at.error) == 1 and "scan.pdf" in shown(at.error[0].value)
     at.file_uploader(key="images_upload").set_value([("sample.png", png_bytes(), "image/png")]).run()
     assert not at.exception and not at.error
     assert len(workspace(at).images) == 1
@@ -392,3 +491,226 @@ def test_two_sessions_share_one_parsed_model_but_not_their_settings():
     assert a.adapter.preset.name == "imagenet" and b.adapter.preset.name == "unit" and a.base.preset.name == "unit"
     assert a.identity != b.identity, "results of different presets never mix"
     assert a.adapter.lock is a.base.lock, "views guard the shared model with its one lock"
+
+
+# --------------------------------------------------------------------------- parameters
+CHOSEN = {
+    "explain_integrated_gradients_steps": 24,
+    "explain_integrated_gradients_blur_sigma": 3.5,
+    "explain_integrated_gradients_baseline": "blur",
+    "explain_shap_max_evals": 300,
+    "explain_shap_batch_size": 25,
+    "explain_gradcam_relu": False,
+    "explain_seed": 7,
+}
+
+
+def shown_parameters(at: AppTest) -> dict:
+    values = {}
+    for key in CHOSEN:
+        for kind in ("number_input", "toggle", "selectbox"):
+            found = [w for w in at.get(kind) if w.key == key]
+            if found:
+                values[key] = found[0].value
+    return values
+
+
+@needs_zoo
+def test_switching_models_and_pages_never_changes_the_parameters_a_run_uses(explain_calls):
+    ws = session.Workspace()
+    for name in ("shapes-cnn-keras", "shapes-cnn-torch"):
+        session.load_zoo(ws, name, loader=session.load_base)
+    session.add_sample(ws, model_zoo.samples()[0])
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["workspace"] = ws
+    at.run()
+    page(at, "pages/explain.py")
+    at.multiselect(key="explain_methods").set_value(["gradcam", "integrated_gradients", "shap"]).run()
+    for key, value in CHOSEN.items():
+        widget = next(w for kind in ("number_input", "toggle", "selectbox") for w in at.get(kind) if w.key == key)
+        widget.set_value(value).run()
+    assert shown_parameters(at) == CHOSEN
+
+    for step in ("keras", "models", "explain", "rerun", "torch", "images", "explain", "about", "explain"):
+        if step in ("keras", "torch"):
+            ws.active = f"shapes-cnn-{step}"  # what the sidebar's on_change does
+            at.run()
+        elif step == "rerun":
+            at.run()
+        else:
+            page(at, f"pages/{step}.py")
+        if step in ("explain", "rerun", "keras", "torch"):
+            assert shown_parameters(at) == CHOSEN, step
+    at.multiselect(key="explain_methods").set_value(["gradcam", "integrated_gradients"]).run()
+    at.button(key="explain_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    run_id = at.code[0].value.rsplit("?run=", 1)[1]
+    comparison = ws.opened.get(run_id).comparison
+    assert comparison.seed == 7
+    used = {r.method: dict(r.params) for r in comparison.results[0]}
+    assert used["integrated_gradients"]["steps"] == 24 and used["integrated_gradients"]["blur_sigma"] == 3.5
+    assert used["integrated_gradients"]["baseline"] == "blur" and used["gradcam"]["relu"] is False
+
+
+# --------------------------------------------------------------------------- reading the maps
+def test_default_colormaps_are_perceptually_uniform_and_diverging_for_signed_maps():
+    from workbench import render
+
+    assert render.default_cmap(signed=False) in ("viridis", "inferno")
+    assert render.default_cmap(signed=True) == "RdBu_r" and render.default_cmap(signed=True, positive_only=True) == "viridis"
+    bar = render.colorbar(100, "RdBu_r", signed=True)
+    assert bar.shape == (10, 100, 3)
+    middle = bar[0, 50].astype(int)
+    assert abs(middle - 247).max() < 12, "zero is the diverging map's neutral centre"
+
+
+def test_default_opacity_shows_the_small_values_of_a_signed_map():
+    """An IG-like map (heavy-tailed: a few extreme pixels, most mass small): at the default opacity far more
+    pixels are visibly coloured than with the former linear blend at 0.5."""
+    from workbench import render
+
+    rng = np.random.default_rng(0)
+    attribution = (rng.laplace(size=(64, 64)) ** 3).astype(np.float32)
+    grey = np.full((64, 64, 3), 0.5, np.float32)
+    shown_now = render.overlay(grey, attribution, signed=True)
+    visible = (np.abs(shown_now.astype(int) - 128).max(axis=-1) >= 16).mean()
+    former = (np.abs(render.normalise(attribution, True)) * 0.5 * 0.5 * 255 >= 16).mean()
+    assert visible >= 0.2 and visible >= 2.5 * former, (visible, former)
+
+
+@needs_zoo
+def test_every_map_has_a_colour_bar_and_its_value_range():
+    at = start()
+    load_zoo_and_sample(at)
+    page(at, "pages/explain.py")
+    at.multiselect(key="explain_methods").set_value(["gradcam", "saliency", "integrated_gradients"]).run()
+    at.number_input(key="explain_integrated_gradients_steps").set_value(8).run()
+    at.button(key="explain_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.selectbox(key="display_cmap").value == "viridis" and at.slider(key="display_opacity").value == 0.7
+    maps = [el for el in at.get("image") if el.captions and el.captions[0].startswith("colour")]
+    assert len(maps) == 3, [el.captions for el in at.get("image")]
+    signed = [el.captions[0] for el in maps if "… 0 …" in el.captions[0]]
+    assert len(signed) == 1, "Grad-CAM and saliency are unsigned; IG is signed"
+
+
+def test_an_uploaded_model_is_test_predicted_on_a_neutral_image_not_a_zoo_sample(keras_bytes):
+    at = start()
+    at.file_uploader(key="models_upload").set_value(("mine.keras", keras_bytes, "application/octet-stream")).run()
+    assert not at.exception and not at.error
+    assert any("Test prediction" in m.value and "neutral grey image" in m.value for m in at.markdown)
+    page(at, "pages/images.py")
+    at.file_uploader(key="images_upload").set_value([("own.png", png_bytes(), "image/png")]).run()
+    page(at, "pages/models.py")
+    assert any("Test prediction" in m.value and "own.png" in shown(m.value) for m in at.markdown), "the user's own first image"
+
+
+# --------------------------------------------------------------------------- estimates
+def test_estimates_follow_the_times_measured_on_the_model():
+    from workbench import calibration
+    from workbench.result import Attribution
+
+    def done(method, seconds, evaluations):
+        return Attribution(method=method, map=np.zeros((4, 4), np.float32), target=0, target_label="a", target_score=1.0,
+                           signed=False, params={}, seconds=seconds, evaluations=evaluations, device="cpu")
+
+    timings = calibration.Timings()
+    plan = {"ig": {"evaluations": 100, "seconds": 40.0}, "shap": {"evaluations": 500, "seconds": 10.0}}
+    assert calibration.seconds(timings, "m", plan) == (50.0, False), "nothing measured: the forward-pass guess"
+    # IG ran on two images: 2 x 1.0 s for 2 x 100 evaluations, guessed at 2 x 40 s; the run's wall time 2.5 s
+    calibration.record(timings, "m", {"ig": [done("ig", 1.0, 100), done("ig", 1.0, 100)]}, {"ig": 80.0}, wall_seconds=2.5)
+    estimate, measured = calibration.seconds(timings, "m", plan)
+    assert measured
+    assert estimate == pytest.approx(1.25 + 10.0 * 2.5 / 80.0), "IG at its measured rate, SHAP at the model's ratio"
+    assert calibration.seconds(timings, "other model", plan) == (50.0, False), "timings are per model"
+    calibration.record(timings, "m", {"shap": [done("shap", 3.0, 500)]}, {"shap": 10.0})
+    assert calibration.seconds(timings, "m", plan)[0] == pytest.approx(1.25 + 3.0)
+    import pickle
+
+    assert pickle.loads(pickle.dumps(timings)).per_evaluation == timings.per_evaluation
+
+
+# --------------------------------------------------------------------------- the workspace across reloads
+@needs_zoo
+def test_a_reload_with_the_same_workspace_id_finds_the_same_models_images_and_maps(explain_calls):
+    at = start()
+    workspace_id = at.query_params["ws"]
+    load_zoo_and_sample(at)
+    page(at, "pages/explain.py")
+    at.multiselect(key="explain_methods").set_value(["gradcam", "saliency"]).run()
+    at.button(key="explain_run").click().run()
+    assert not at.exception and not at.error
+    before = workspace(at)
+    maps = [el.value for el in at.get("image")]
+    page(at, "pages/about.py")  # a later run stores what changed
+    assert at.query_params["ws"] == workspace_id, "the id stays in the URL across pages"
+    spy = explain_calls
+    spy.calls = 0
+
+    again = AppTest.from_file(APP, default_timeout=TIMEOUT)  # the reload: a new session, the same URL
+    again.query_params["ws"] = workspace_id
+    again.run()
+    assert not again.exception
+    ws = workspace(again)
+    assert list(ws.models) == list(before.models) and ws.active == before.active
+    assert list(ws.images) == list(before.images)
+    assert len(ws.results) == len(before.results) == 2
+    page(again, "pages/explain.py")
+    again.multiselect(key="explain_methods").set_value(["gradcam", "saliency"]).run()
+    assert not again.exception and not again.error, [e.value for e in again.error]
+    assert again.button(key="explain_run").disabled, "every map is there: nothing to compute"
+    assert spy.calls == 0 and len(again.get("image")) == len(maps)
+
+    # a new workspace: empty, under a new id; the old id still opens the old one
+    fresh = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    fresh.query_params["ws"] = workspace_id
+    fresh.run()
+    fresh.button(key="app_new_workspace").click().run()
+    assert not fresh.exception
+    assert fresh.session_state["workspace_id"] != workspace_id
+    assert not workspace(fresh).models and not workspace(fresh).images
+
+
+def test_an_unknown_or_malformed_workspace_id_starts_a_new_workspace():
+    for wanted in (secrets.token_urlsafe(24), "../../etc/passwd"):
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+        at.query_params["ws"] = wanted
+        at.run()
+        assert not at.exception and not at.error
+        assert at.session_state["workspace_id"] != wanted and not workspace(at).models
+
+
+@needs_zoo
+def test_a_cancelled_run_keeps_the_maps_that_finished_and_run_computes_only_the_rest(explain_calls, monkeypatch):
+    """Cancel (or leaving the page) interrupts the script the way Streamlit does, with a ScriptControlException
+    at the next Streamlit call; here the second method raises it."""
+    import explainers
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    at = start()
+    load_zoo_and_sample(at)
+    page(at, "pages/explain.py")
+    at.multiselect(key="explain_methods").set_value(["gradcam", "saliency"]).run()
+    assert not at.button(key="explain_run").disabled
+    original = explainers.REGISTRY["saliency"].explain
+
+    def interrupted(self, *args, **kwargs):
+        raise StopException()
+
+    monkeypatch.setattr(explainers.REGISTRY["saliency"], "explain", interrupted)
+    at.button(key="explain_run").click().run()
+    assert [b.key for b in at.button if b.key == "explain_cancel"] == ["explain_cancel"], "Cancel is shown while running"
+    assert at.button(key="explain_run").disabled, "Run is disabled while a run is in flight"
+    monkeypatch.setattr(explainers.REGISTRY["saliency"], "explain", original)
+
+    at.run()  # the next run: the page says the run stopped; Grad-CAM's map is kept
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("stopped before it finished" in i.value and "1 of its 2" in i.value for i in at.info), [i.value for i in at.info]
+    ws = workspace(at)
+    assert [r.method for r in (ws.results.get(k) for k in list(ws.results._items)) if r] == ["gradcam"]
+    assert not at.button(key="explain_run").disabled
+    explain_calls.calls = 0
+    at.button(key="explain_run").click().run()
+    assert not at.exception and not at.error
+    assert explain_calls.calls == 1, "only the method that did not finish is computed"
+    assert at.code and "?run=" in at.code[0].value

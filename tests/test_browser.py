@@ -94,8 +94,10 @@ def server(tmp_path):
     port = free_port()
     log_path = tmp_path / "streamlit.log"
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "WORKBENCH_DATA_DIR": str(tmp_path / "data"), "WORKBENCH_PUBLIC_BASE_URL": url}
+    # no WORKBENCH_PUBLIC_BASE_URL: share links must follow the address the browser used (a free port here)
+    env = {**os.environ, "WORKBENCH_DATA_DIR": str(tmp_path / "data")}
     env.pop("WORKBENCH_DATABASE_URL", None)
+    env.pop("WORKBENCH_PUBLIC_BASE_URL", None)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [
@@ -281,6 +283,53 @@ def test_a_page_url_opened_first_on_a_fresh_server_goes_through_the_entry_point(
             expect(page.get_by_role("heading", name="Runs")).to_be_visible()
             expect(page.locator("[data-testid='stSidebar']").get_by_text("No model loaded yet.")).to_be_visible()
             expect(page.get_by_text("encountered an error")).to_have_count(0)
-            assert page.url == f"{url}/runs?model=none"
+            assert page.url.startswith(f"{url}/runs?model=none"), page.url  # (then the workspace id, &ws=)
+        finally:
+            browser.close()
+
+
+def test_a_share_link_copied_from_a_server_on_another_port_opens_in_a_fresh_context(server, tmp_path):
+    """Without WORKBENCH_PUBLIC_BASE_URL the link is built from the address the browser used, so it works on a
+    port other than 8501 (and its HTML report carries the same link)."""
+    import numpy as np
+    from playwright.sync_api import expect, sync_playwright
+
+    from workbench.result import Attribution, Comparison, ExplainedImage
+    from workbench.store import RunStore
+
+    url, _ = server
+    assert not url.endswith(":8501")
+    rng = np.random.default_rng(3)
+    pixels = rng.random((32, 32, 3), dtype=np.float32)
+    result = Attribution(method="saliency", map=rng.random((32, 32), dtype=np.float32), target=0, target_label="square",
+                         target_score=0.9, signed=False, params={}, seconds=0.1, evaluations=1, device="cpu", seed=0)
+    comparison = Comparison(model={"name": "net", "fingerprint": "fp"}, images=(ExplainedImage("a.png", "0" * 64, pixels, 0, "square"),),
+                            methods=("saliency",), results=((result,),), seed=0, versions={}, created=time.time())
+    with RunStore(data_dir=tmp_path / "data") as store:
+        run_id = store.save(comparison, model_bytes=None, image_bytes=None, model_name="net")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            author = browser.new_context().new_page()
+            author.set_default_timeout(60_000)
+            elsewhere: list[str] = []  # the page asks nothing of any other host (icons, fonts, trackers)
+            author.on("request", lambda request: None if request.url.startswith((url, "data:", "blob:")) else elsewhere.append(request.url))
+            author.goto(f"{url}/runs")
+            author.get_by_role("button", name="Open", exact=True).and_(author.get_by_test_id("stBaseButton-secondary")).click()
+            expect(author.get_by_text("Read-only view of a saved run")).to_be_visible()
+            link = author.locator("[data-testid='stCode'] code").first.inner_text().strip()
+            assert link == f"{url}/?run={run_id}", link
+            author.wait_for_timeout(1000)
+            assert elsewhere == [], elsewhere
+
+            reader = browser.new_context().new_page()  # no cookies, no session: only the link
+            reader.set_default_timeout(60_000)
+            reader.goto(link)
+            expect(reader.get_by_text("Read-only view of a saved run")).to_be_visible()
+            expect(reader.locator(GRID_IMAGES)).to_have_count(2)
+            expect(reader.locator("[data-testid='stCode'] code").first).to_have_text(link)
+            with reader.expect_download() as download:
+                reader.get_by_role("button", name="Report .html").click()
+            assert f'href="{link}"' in Path(download.value.path()).read_text(encoding="utf-8")
         finally:
             browser.close()

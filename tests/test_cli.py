@@ -11,7 +11,7 @@ import pytest
 from workbench.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-model_zoo = pytest.importorskip("model_zoo")
+import model_zoo
 
 
 def zoo_ready(name):
@@ -110,6 +110,13 @@ def test_explain_writes_maps_and_summary(capsys, tmp_path, sample_paths, monkeyp
     assert "run=" in summary["share_link"] and "share link:" in out
     for name in ("grid.png", "attributions.npz", "provenance.json", "report.html"):
         assert (out_dir / name).is_file()
+    # stored names are base names: the share page and the report never show a local directory
+    from workbench.store import RunStore
+
+    with RunStore() as store:
+        stored = store.load(summary["run_id"])
+    assert [im.name for im in stored.images] == [Path(p).name for p in sample_paths]
+    assert str(Path(sample_paths[0]).parent) not in (out_dir / "report.html").read_text()
     stem = Path(sample_paths[0]).stem
     assert (out_dir / f"{stem}__gradcam.npy").is_file()
     # the stored run lists and exports again
@@ -147,3 +154,43 @@ def test_refused_file_exits_2_with_one_line(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert "Traceback" not in result.stderr
+
+
+def one_line_refusal(code: int, err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_a_model_config_nested_5000_deep_is_refused_in_one_line(capsys, tmp_path):
+    import h5py
+
+    path = tmp_path / "deep.h5"
+    with h5py.File(path, "w") as handle:
+        handle.attrs["model_config"] = '{"class_name": "Sequential", "config": ' + "[" * 5000 + "]" * 5000 + "}"
+        handle.create_dataset("model_weights/w", data=np.zeros(3, np.float32))
+    line = one_line_refusal(*run_cli(capsys, "inspect", str(path))[::2])
+    assert "nested too deeply" in line
+
+
+def test_a_damaged_run_database_is_one_line(capsys, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "workbench.sqlite3").write_bytes(b"this is not a database" * 100)
+    monkeypatch.setenv("WORKBENCH_DATA_DIR", str(data))
+    monkeypatch.delenv("WORKBENCH_DATABASE_URL", raising=False)
+    line = one_line_refusal(*run_cli(capsys, "runs")[::2])
+    assert "run database" in line and "workbench.sqlite3" in line
+
+
+def test_a_data_directory_that_is_a_file_is_one_line(capsys, tmp_path, monkeypatch):
+    not_a_folder = tmp_path / "data"
+    not_a_folder.write_text("a file")
+    monkeypatch.setenv("WORKBENCH_DATA_DIR", str(not_a_folder))
+    monkeypatch.delenv("WORKBENCH_DATABASE_URL", raising=False)
+    line = one_line_refusal(*run_cli(capsys, "runs")[::2])
+    assert "is a file, not a folder" in line and "WORKBENCH_DATA_DIR" in line
+    line = one_line_refusal(*run_cli(capsys, "cleanup", "--days", "3")[::2])
+    assert "is a file, not a folder" in line

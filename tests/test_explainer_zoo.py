@@ -12,9 +12,9 @@ import tracemalloc
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("keras")
-captum_attr = pytest.importorskip("captum.attr")
+import torch
+import keras  # noqa: F401
+import captum.attr as captum_attr
 
 import explainers  # noqa: E402
 import model_zoo  # noqa: E402
@@ -204,7 +204,7 @@ def test_gradcam_matches_captum_on_resnet_mini(resnet_torch):
     attr = captum_attr.LayerGradCam(resnet_torch.module, module).attribute(xt, target=target, relu_attributions=True)
     ref = captum_attr.LayerAttribution.interpolate(attr, (224, 224), interpolate_mode="bilinear")[0, 0].detach().numpy()
     assert ours.layer == layer and ref.max() > 0
-    assert np.abs(ours.map / ours.map.max() - ref / ref.max()).max() <= 1e-5
+    assert np.abs(ours.map - ref).max() <= 1e-5 * ref.max(), "the same map at the same scale"
 
 
 def test_keras_gradcam_matches_the_keras_io_recipe_on_resnet_mini():
@@ -225,7 +225,7 @@ def test_keras_gradcam_matches_the_keras_io_recipe_on_resnet_mini():
     grads = tape.gradient(class_channel, last_conv_layer_output)
     pooled_grads = tf.reduce_mean(grads, axis=(0, 1, 2))
     heatmap = tf.squeeze(last_conv_layer_output[0] @ pooled_grads[..., tf.newaxis])
-    heatmap = tf.maximum(heatmap, 0) / tf.math.reduce_max(heatmap)
+    heatmap = tf.maximum(heatmap, 0)  # the recipe's final division by the maximum is for display only
     ref = tf.image.resize(heatmap[..., None], (224, 224), method="bilinear")[..., 0].numpy()
     assert ours.layer == layer == "layer4_1_out"
-    assert np.abs(ours.map / ours.map.max() - ref / ref.max()).max() <= 1e-5
+    assert np.abs(ours.map - ref).max() <= 1e-5 * ref.max(), "the same map at the same scale"

@@ -27,7 +27,7 @@ from workbench.errors import (
 from workbench.intake import fingerprint, load_model, read_labels, sniff_model
 from workbench.settings import Settings
 
-torch = pytest.importorskip("torch")
+import torch
 nn = torch.nn
 
 SAFE = Settings()
@@ -184,7 +184,7 @@ def test_tflite_is_named():
 # ====================================================================== PyTorch weights
 @pytest.fixture(scope="module")
 def shapes_cnn():
-    model_zoo = pytest.importorskip("model_zoo")
+    import model_zoo
     torch.manual_seed(0)
     return model_zoo.build_torch("shapes-cnn")
 
@@ -213,7 +213,7 @@ def test_legacy_torch_format_loads(shapes_cnn):
 
 
 def test_safetensors_load_and_classes_are_inferred():
-    model_zoo = pytest.importorskip("model_zoo")
+    import model_zoo
     from safetensors.torch import save
 
     torch.manual_seed(1)
@@ -417,7 +417,7 @@ def test_tarred_savedmodel_is_refused():
 @pytest.fixture(scope="module")
 def keras_model():
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    keras = pytest.importorskip("keras")
+    import keras
     keras.utils.set_random_seed(0)
     inputs = keras.Input((12, 12, 3))
     x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inputs)
@@ -462,7 +462,7 @@ def test_keras_labels_must_match_classes(keras_model, tmp_path):
 
 
 def test_keras_lambda_layer_is_refused(tmp_path, frameworks_untouched):
-    keras = pytest.importorskip("keras")
+    import keras
     inputs = keras.Input((12, 12, 3))
     outputs = keras.layers.Lambda(lambda t: t * 2.0, name="doubler")(inputs)
     model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(outputs)))
@@ -471,7 +471,7 @@ def test_keras_lambda_layer_is_refused(tmp_path, frameworks_untouched):
 
 
 def test_keras_custom_class_is_refused(tmp_path, frameworks_untouched):
-    keras = pytest.importorskip("keras")
+    import keras
     built = []
 
     class Doubler(keras.layers.Layer):
@@ -503,7 +503,7 @@ def test_keras_config_with_foreign_module_is_refused(keras_model, tmp_path, fram
 
 
 def test_h5_with_external_dataset_is_refused(tmp_path, frameworks_untouched):
-    h5py = pytest.importorskip("h5py")
+    import h5py
     secret = tmp_path / "secret.bin"
     secret.write_bytes(b"\x00" * 64)
     path = tmp_path / "external.h5"
@@ -515,7 +515,7 @@ def test_h5_with_external_dataset_is_refused(tmp_path, frameworks_untouched):
 
 
 def test_keras_weights_with_external_dataset_are_refused(keras_model, tmp_path, frameworks_untouched):
-    h5py = pytest.importorskip("h5py")
+    import h5py
     data = keras_bytes(keras_model, tmp_path)
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         entries = {name: archive.read(name) for name in archive.namelist()}
@@ -528,7 +528,7 @@ def test_keras_weights_with_external_dataset_are_refused(keras_model, tmp_path, 
 
 
 def test_h5_with_external_link_or_virtual_dataset_is_refused(tmp_path, frameworks_untouched):
-    h5py = pytest.importorskip("h5py")
+    import h5py
     other = tmp_path / "other.h5"
     with h5py.File(other, "w") as f:
         f["data"] = np.zeros(4, "f4")
@@ -549,7 +549,7 @@ def test_h5_with_external_link_or_virtual_dataset_is_refused(tmp_path, framework
 
 
 def test_h5_without_model_config_is_unsupported(tmp_path):
-    h5py = pytest.importorskip("h5py")
+    import h5py
     path = tmp_path / "weights.h5"
     with h5py.File(path, "w") as f:
         f["w"] = np.zeros(3)
@@ -559,7 +559,7 @@ def test_h5_without_model_config_is_unsupported(tmp_path):
 
 # ====================================================================== zoo
 def test_zoo_torch_entry_goes_through_the_safe_path(tmp_path, monkeypatch):
-    model_zoo = pytest.importorskip("model_zoo")
+    import model_zoo
     from safetensors.torch import save_file
 
     torch.manual_seed(2)
@@ -575,7 +575,7 @@ def test_zoo_torch_entry_goes_through_the_safe_path(tmp_path, monkeypatch):
 
 
 def test_zoo_keras_entry_goes_through_the_safe_path(tmp_path, monkeypatch, keras_model):
-    model_zoo = pytest.importorskip("model_zoo")
+    import model_zoo
     model = model_zoo.build_keras("shapes-cnn")
     weights = tmp_path / "shapes_cnn.keras"
     model.save(weights)
@@ -588,7 +588,7 @@ def test_zoo_keras_entry_goes_through_the_safe_path(tmp_path, monkeypatch, keras
 
 
 def test_zoo_weights_that_are_not_the_expected_format_are_refused(tmp_path, monkeypatch):
-    model_zoo = pytest.importorskip("model_zoo")
+    import model_zoo
     weights = tmp_path / "shapes_cnn.safetensors"
     weights.write_bytes(torch_bytes(tiny_cnn()))  # a pickle where safetensors belong
     real = model_zoo.get("shapes-cnn-torch")
@@ -598,7 +598,7 @@ def test_zoo_weights_that_are_not_the_expected_format_are_refused(tmp_path, monk
 
 
 def test_shipped_zoo_models_load_when_built():
-    model_zoo = pytest.importorskip("model_zoo")
+    import model_zoo
     built = [entry for entry in model_zoo.entries() if entry.weights.exists()]
     if not built:
         pytest.skip("zoo weights not built yet (python -m model_zoo.train)")
@@ -608,7 +608,7 @@ def test_shipped_zoo_models_load_when_built():
 
 
 def test_zoo_unknown_name_is_refused():
-    pytest.importorskip("model_zoo")
+    import model_zoo  # noqa: F401
     with pytest.raises(ModelRejected, match="No zoo model 'nope'"):
         intake.load_zoo_model("nope")
 

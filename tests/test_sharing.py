@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import time
 from pathlib import Path
@@ -135,7 +136,7 @@ def saved_run(tmp_path_factory):
 @needs_zoo
 def test_a_link_opened_in_another_session_shows_the_saved_arrays_without_explaining(saved_run, explain_calls):
     run_id = saved_run["run_id"]
-    assert saved_run["link"] == f"{get_settings().public_base_url}/?run={run_id}"
+    assert saved_run["link"] == f"http://localhost:8501/?run={run_id}", "AppTest has no browser address: the default"
     author = saved_run["author"]
     assert len(author.get("download_button")) == 4 + 1 + 1, "grid, NPZ, provenance, HTML, TensorBoard; and the image's maps"
 
@@ -235,9 +236,23 @@ def test_malformed_and_unknown_links_show_a_clear_message(data_dir):
         ok(at.run())
         assert len(at.error) == 1, (run_id, [e.value for e in at.error])
         message = at.error[0].value
-        assert "not valid" in message or "No saved run" in message, message
+        assert "not valid" in message or "not available" in message, message
         assert run_id[:20] not in message or not run_id, "the id is not echoed back"
         assert not at.image and not at.code
+
+
+def test_without_a_public_url_links_use_the_address_the_browser_used(data_dir, monkeypatch):
+    monkeypatch.delenv("WORKBENCH_PUBLIC_BASE_URL", raising=False)
+    with RunStore() as store:
+        run_id = save_small(store, "net-a")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params["run"] = run_id
+    at.context["url"] = "https://10.0.0.7:8765/saved"
+    ok(at.run())
+    assert [c.value for c in at.code] == [f"https://10.0.0.7:8765/?run={run_id}"]
+    monkeypatch.setenv("WORKBENCH_PUBLIC_BASE_URL", "https://tools.example.org")
+    ok(at.run())
+    assert [c.value for c in at.code] == [f"https://tools.example.org/?run={run_id}"], "the operator's setting wins"
 
 
 def test_share_link_follows_the_public_url_and_base_path(monkeypatch):
@@ -328,7 +343,7 @@ def test_login_gates_the_app_records_the_owner_and_only_the_owner_deletes(data_d
     at.query_params.clear()
     at.user = {"is_logged_in": True, "email": "alice@example.org", "name": "Alice"}
     ok(at.run())
-    assert any("Signed in as alice@example.org" in c.value for c in at.sidebar.caption)
+    assert any("Signed in as alice@example.org" == re.sub(r"\\(.)", r"\1", c.value) for c in at.sidebar.caption)
 
     # a real run, saved with the signed-in user as its owner
     ws: session.Workspace = at.session_state["workspace"]
@@ -343,15 +358,63 @@ def test_login_gates_the_app_records_the_owner_and_only_the_owner_deletes(data_d
     assert {r.run_id: r.owner for r in store.list_runs()} == {mine: "alice@example.org", bob: "bob@example.org"}
 
     ok(at.switch_page("pages/runs.py").run())
-    ok(at.toggle(key="runs_mine").set_value(True).run())
-    assert open_buttons(at) == [mine]
-    ok(at.toggle(key="runs_mine").set_value(False).run())
-    ok(at.button(key=f"runs_delete_{bob}").click().run())
-    assert any("Only the person who saved this run" in e.value for e in at.error)
+    assert open_buttons(at) == [mine], "with sign-in, a user lists their own runs"
+    assert not any(t.label == "Only my runs" for t in at.toggle), "nothing but one's own to filter"
     ok(at.button(key=f"runs_delete_{mine}").click().run())
-    assert open_buttons(at) == [bob] and not at.error
+    assert open_buttons(at) == [] and not at.error
     with pytest.raises(NotRunOwner):
         store.delete(bob, requester="alice@example.org")
+
+
+def signed_in_as(email: str, run_id: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.secrets = dict(AUTH)
+    at.user = {"is_logged_in": True, "email": email, "name": email.split("@")[0]}
+    if run_id is not None:
+        at.query_params["run"] = run_id
+    return ok(at.run())
+
+
+def test_with_sign_in_runs_are_private_links_open_them_and_the_owner_revokes_a_link(data_dir, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_OPERATORS", "Ops@Example.org")
+    with RunStore() as store:
+        alices = save_small(store, "net-a", owner="alice@example.org", seed=1)
+        bobs = save_small(store, "net-b", owner="bob@example.org", seed=2)
+
+    bob = signed_in_as("bob@example.org")
+    ok(bob.switch_page("pages/runs.py").run())
+    assert open_buttons(bob) == [bobs], "Alice's run is not listed for Bob"
+    assert [o for o in bob.selectbox(key="runs_model").options] == ["All models", "net-b"], "nor its model's name"
+    # Bob opens Alice's run through its link, the capability
+    linked = signed_in_as("bob@example.org", alices)
+    assert not linked.error, [e.value for e in linked.error]
+    assert any("Read-only view of a saved run" in c.value for c in linked.caption) and len(linked.image) == 3
+
+    alice = signed_in_as("alice@example.org")
+    ok(alice.switch_page("pages/runs.py").run())
+    assert open_buttons(alice) == [alices]
+    ok(alice.button(key=f"runs_revoke_{alices}").click().run())
+    assert not alice.error, [e.value for e in alice.error]
+    [moved] = open_buttons(alice)
+    assert moved != alices, "the run stays, under a new link"
+
+    # the old link: not available, in Bob's session that had it open and in a fresh one
+    for at in (ok(linked.run()), signed_in_as("bob@example.org", alices)):
+        assert len(at.error) == 1 and "not available" in at.error[0].value, [e.value for e in at.error]
+        assert not at.image
+    again = signed_in_as("bob@example.org", moved)
+    assert not again.error and len(again.image) == 3, "the new link works"
+
+    # an operator lists everyone's runs and may narrow to their own; About says which mode is on
+    ops = signed_in_as("ops@example.org")
+    ok(ops.switch_page("pages/runs.py").run())
+    assert open_buttons(ops) == [bobs, moved]
+    assert any(t.label == "Only my runs" for t in ops.toggle)
+    ok(ops.switch_page("pages/about.py").run())
+    assert [m.value for m in ops.metric if m.label == "Sign-in"] == ["on"]
+    assert any("you are an operator" in c.value for c in ops.caption)
+    with RunStore() as store, pytest.raises(NotRunOwner):
+        store.revoke_link(bobs, requester="alice@example.org")
 
 
 # --------------------------------------------------------------------------- retention
@@ -378,4 +441,7 @@ def test_daily_cleanup_removes_old_runs_and_unreferenced_files_once_a_day(tmp_pa
         store.load(old)
     assert not sharing.schedule_cleanup(store, settings, now=now + 3600), "once a day"
     assert not sharing.schedule_cleanup(store, Settings(retention_days=0), now=now + 2 * 86400), "0 keeps runs"
+    assert not sharing.schedule_cleanup(store, Settings(retention_days=30, cleanup_in_app=False), now=now + 3 * 86400), (
+        "a replica that is not the cleanup owner"
+    )
     store.close()

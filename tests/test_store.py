@@ -13,6 +13,7 @@ import os
 import secrets
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -548,3 +549,87 @@ def test_share_link_defaults_to_the_public_base_url(monkeypatch, tmp_path):
     monkeypatch.setenv("WORKBENCH_PUBLIC_BASE_URL", "https://interp.internal/")
     run_id = secrets.token_urlsafe(24)
     assert share_link(run_id, base_path="wb") == f"https://interp.internal/wb/?run={run_id}"
+
+
+# -- several replicas on one data directory, and revoked links --------------------------------------
+
+
+def test_with_a_grace_period_a_sweep_spares_fresh_blobs_and_removes_old_ones(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_BLOB_GRACE_SECONDS", "3600")
+    with RunStore(data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'runs.sqlite3'}") as store:
+        fresh = store._put_blob(b"written by a save on another host, not referenced yet")
+        old = store._put_blob(b"left by a save that died yesterday")
+        os.utime(store.blob_path(old), (time.time() - 86400, time.time() - 86400))
+        assert store.cleanup(retention_days=30)["blobs_deleted"] == 1
+        assert store.blob_path(fresh).is_file() and not store.blob_path(old).exists()
+        # reusing an old blob marks it in use: a sweep elsewhere spares it while the save finishes
+        os.utime(store.blob_path(fresh), (time.time() - 86400, time.time() - 86400))
+        store._put_blob(b"written by a save on another host, not referenced yet")
+        assert store.cleanup(retention_days=30)["blobs_deleted"] == 0
+
+
+def test_a_blob_swept_by_another_host_before_the_commit_is_written_back(store, monkeypatch):
+    """flock does not reach other hosts: simulate their sweep removing every blob between write and commit."""
+    written: list[Path] = []
+    put = store._put_blob
+
+    def recorded(data):
+        digest = put(data)
+        written.append(store.blob_path(digest))
+        return digest
+
+    engine = store.engine
+
+    class SweptBeforeCommit:
+        def begin(self):
+            for path in written:
+                path.unlink(missing_ok=True)
+            return engine.begin()
+
+        def __getattr__(self, name):
+            return getattr(engine, name)
+
+    monkeypatch.setattr(store, "_put_blob", recorded)
+    monkeypatch.setattr(store, "engine", SweptBeforeCommit())
+    original = make_comparison(40)
+    run_id = save(store, original)
+    monkeypatch.setattr(store, "engine", engine)
+    assert_same(store.load(run_id), original)
+
+
+def test_revoking_a_link_moves_the_run_to_a_new_id(store):
+    original = make_comparison(41)
+    run_id = save(store, original, owner="ada@example.org")
+    with pytest.raises(store_module.NotRunOwner):
+        store.revoke_link(run_id, requester="eve@example.org")
+    new_id = store.revoke_link(run_id, requester="ada@example.org")
+    assert new_id != run_id and store_module.is_valid_run_id(new_id)
+    with pytest.raises(RunNotFound, match="not available"):
+        store.load(run_id)
+    assert not store.exists(run_id) and store.exists(new_id) and store.owner(new_id) == "ada@example.org"
+    moved = store.load(new_id)
+    assert_same(moved, original)
+    assert moved.run_id == new_id and store.model_bytes(new_id) == b"model-weights"
+    assert [r.run_id for r in store.list_runs()] == [new_id]
+
+
+def test_a_workspace_is_kept_until_cleanup_and_opens_only_for_its_owner(store):
+    from workbench import session, workspaces
+
+    ws = session.Workspace()
+    entry = session.add_image(ws, png_bytes(4), "mine.png")
+    ws.left_out = {entry.id}
+    workspace_id = workspaces.new_id()
+    workspaces.save(store, workspace_id, ws, "ada@example.org")
+    restored, notes = workspaces.load(store, workspace_id, "ada@example.org")
+    assert notes == [] and list(restored.images) == [entry.id] and restored.left_out == {entry.id}
+    assert np.array_equal(restored.images[entry.id].image.pixels, entry.image.pixels)
+    assert workspaces.load(store, workspace_id, "eve@example.org") is None, "another user's workspace"
+    assert workspaces.load(store, workspace_id, None) is None
+    assert workspaces.load(store, "../../etc/passwd", None) is None
+
+    blobs = blob_files(store)
+    assert blobs, "the pixels are a blob"
+    assert store.cleanup(retention_days=30)["blobs_deleted"] == 0, "a fresh workspace and its blobs stay"
+    report = store.cleanup(retention_days=1, now=time.time() + 3 * DAY)
+    assert report["blobs_deleted"] == len(blobs) and store.load_workspace(workspace_id) is None

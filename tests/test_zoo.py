@@ -121,7 +121,7 @@ def test_import_does_not_load_frameworks():
 
 
 def _torch_model(architecture: str):
-    safetensors_torch = pytest.importorskip("safetensors.torch")
+    import safetensors.torch as safetensors_torch
     model = model_zoo.build_torch(architecture)
     weights = model_zoo.get(f"{architecture}-torch").weights
     model.load_state_dict(safetensors_torch.load_file(str(weights)), strict=True)
@@ -129,7 +129,7 @@ def _torch_model(architecture: str):
 
 
 def _keras_model(architecture: str):
-    pytest.importorskip("model_zoo.keras_models")  # quiets TensorFlow and picks its backend first
+    import model_zoo.keras_models  # noqa: F401  # quiets TensorFlow and picks its backend first
     import keras
 
     return keras.saving.load_model(model_zoo.get(f"{architecture}-keras").weights, safe_mode=True, compile=False)
@@ -192,7 +192,7 @@ def test_resnet_mini_last_block_is_named_like_torchvision(resnet_twins):
 @pytest.mark.parametrize("architecture", ["shapes-cnn", "resnet-mini"])
 def test_convert_copies_random_weights_exactly(architecture):
     """Parity of fresh twins, independent of the shipped files; BatchNorm stats are randomised."""
-    torch = pytest.importorskip("torch")
+    import torch
     from model_zoo.convert import torch_to_keras
 
     generator = torch.Generator().manual_seed(0)
@@ -211,7 +211,7 @@ def test_convert_copies_random_weights_exactly(architecture):
 
 
 def test_convert_refuses_a_mismatched_twin():
-    pytest.importorskip("torch")
+    import torch  # noqa: F401
     from model_zoo.convert import torch_to_keras
 
     with pytest.raises(ValueError):
@@ -219,7 +219,7 @@ def test_convert_refuses_a_mismatched_twin():
 
 
 def test_build_returns_eval_mode_models_with_the_requested_classes():
-    pytest.importorskip("torch")
+    import torch  # noqa: F401
     model = model_zoo.build_torch("shapes-cnn", num_classes=4)
     assert not model.training and model.fc.out_features == 4
     assert model_zoo.build_keras("shapes-cnn", num_classes=4).output_shape == (None, 4)

@@ -81,7 +81,8 @@ def read_images(paths: Sequence[str], channels: int):
         path = Path(p)
         if not path.is_file():
             raise ParameterError(f"No image file at {p}.")
-        images.append(load_image(path.read_bytes(), name=str(path), channels=channels))
+        # the base name: results, summaries and stored runs never carry the local directory
+        images.append(load_image(path.read_bytes(), name=path.name, channels=channels))
     return images
 
 
@@ -174,10 +175,10 @@ def cmd_predict(args) -> int:
     scores = outputs if adapter.output_kind == "probabilities" else softmax(outputs)
     labels = adapter.labels
     report = []
-    for image, row in zip(images, scores):
+    for path, row in zip(args.images, scores):
         top = np.argsort(-row, kind="stable")[: args.top]
         report.append(
-            {"image": image.name, "predictions": [{"index": int(k), "label": labels[k], "score": float(row[k])} for k in top]}
+            {"image": path, "predictions": [{"index": int(k), "label": labels[k], "score": float(row[k])} for k in top]}
         )
     if args.json:
         print(json.dumps(report, indent=2))
@@ -660,6 +661,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except WorkbenchError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except RecursionError:
+        # e.g. a model config nested thousands of levels deep: refused, never a traceback
+        log.debug("nested too deeply", exc_info=True)
+        print("error: the input is nested too deeply to read (a model config thousands of levels deep?); it is refused.", file=sys.stderr)
+        return 2
+    except OSError as error:  # the environment: a path that is a file, no permission, a full disk
+        log.debug("environment problem", exc_info=True)
+        where = f": {error.filename}" if error.filename else ""
+        print(f"error: {' '.join((error.strerror or str(error)).split())}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -95,7 +95,7 @@ def grid_png(
     comparison: Comparison,
     *,
     cmap: str | None = None,
-    alpha: float = 0.5,
+    alpha: float = render.DEFAULT_OPACITY,
     shared_scale: bool = False,
     positive_only: bool = False,
 ) -> bytes:
@@ -283,7 +283,7 @@ def html_report(
     *,
     share_url: str | None = None,
     cmap: str | None = None,
-    alpha: float = 0.5,
+    alpha: float = render.DEFAULT_OPACITY,
     shared_scale: bool = False,
     positive_only: bool = False,
     evaluation: Any = None,

@@ -801,6 +801,7 @@ def _load(
     size_checks.check_input_size(adapter.input_size, filename, settings)
     size_checks.check_tensor_sizes([size_checks.input_tensor(adapter.input_size)], filename, settings)
     adapter.validate()
+    check_input_channels(adapter, filename)
     return adapter
 
 
@@ -930,6 +931,21 @@ def folder_zip(path) -> bytes:
             if (folder / name).is_file():
                 archive.writestr(name, (folder / name).read_bytes())
     return buffer.getvalue()
+
+
+
+IMAGE_CHANNELS = (1, 3)  # greyscale and RGB: what images decode to, and what every page draws
+
+
+def check_input_channels(adapter, filename: str) -> None:
+    """Refuse a model whose input is not 1- or 3-channel images: the images, the test prediction, the maps
+    and their overlays exist only for those, so such a model would load and then fail on every page."""
+    channels = int(adapter.input_size[2])
+    if channels not in IMAGE_CHANNELS:
+        raise ModelRejected(
+            f"{filename} takes {channels}-channel input; the workbench explains greyscale (1-channel) and RGB "
+            "(3-channel) image classifiers. Export the model for 1- or 3-channel input."
+        )
 
 
 def _zoo_architecture(architecture: str | None, filename: str):

@@ -8,8 +8,13 @@ import numpy as np
 
 from .result import Attribution
 
-SEQUENTIAL_CMAPS = ("jet", "viridis", "inferno", "magma", "turbo", "gray")
-DIVERGING_CMAPS = ("RdBu_r", "bwr", "coolwarm", "seismic", "PiYG")
+# The first of each is the default: perceptually uniform (equal steps in value look like equal steps in
+# colour, and lightness rises with the value), so the picture does not invent edges the map lacks, as jet does.
+SEQUENTIAL_CMAPS = ("viridis", "inferno", "magma", "cividis", "gray", "turbo", "jet")
+DIVERGING_CMAPS = ("RdBu_r", "coolwarm", "PiYG", "bwr", "seismic")
+# Overlay opacity: at this default a typical Integrated Gradients or SHAP map (most of its mass far below
+# its saturating top 2 %) is visible over the image, not only its few extreme pixels.
+DEFAULT_OPACITY = 0.7
 
 
 # As captum's visualize_image_attr: the top 2 % of values saturate, so a few extreme pixels
@@ -56,7 +61,15 @@ def colormap(values: np.ndarray, name: str, signed: bool) -> np.ndarray:
 
 
 def default_cmap(signed: bool, positive_only: bool = False) -> str:
-    return "RdBu_r" if signed and not positive_only else "jet"
+    return DIVERGING_CMAPS[0] if signed and not positive_only else SEQUENTIAL_CMAPS[0]
+
+
+def colorbar(width: int, cmap: str, signed: bool, height: int = 10) -> np.ndarray:
+    """uint8 [height, width, 3]: the colormap from the lowest value shown (left: -scale for signed maps,
+    else 0) to the highest (right: +scale), as the overlay maps them."""
+    positions = np.linspace(-1.0 if signed else 0.0, 1.0, max(2, int(width)), dtype=np.float32)
+    row = colormap(positions[None, :], cmap, signed)
+    return (np.repeat(row, max(1, int(height)), axis=0) * 255).round().astype(np.uint8)
 
 
 def overlay(
@@ -65,11 +78,16 @@ def overlay(
     *,
     signed: bool,
     cmap: str | None = None,
-    alpha: float = 0.5,
+    alpha: float = DEFAULT_OPACITY,
     scale: float | None = None,
     positive_only: bool = False,
 ) -> np.ndarray:
-    """Blend a coloured map over the image: -> uint8 [H, W, 3]."""
+    """Blend a coloured map over the image: -> uint8 [H, W, 3].
+
+    Signed maps are blended with opacity ``alpha * sqrt(|value|)``: zero leaves the image as it is, and
+    the many small values of a gradient map stay visible next to its saturated extremes (with ``|value|``
+    alone, a pixel at a tenth of the scale got a twentieth of the colour). The hue still encodes the value.
+    """
     values = normalise(attribution_map, signed, scale, positive_only)
     is_signed = signed and not positive_only
     colours = colormap(values, cmap or default_cmap(signed, positive_only), is_signed)
@@ -78,7 +96,7 @@ def overlay(
         base = np.repeat(base, 3, axis=-1)
     if is_signed:
         # weight the colour by strength, so neutral (zero) attribution leaves the image visible
-        strength = np.abs(values)[..., None] * alpha
+        strength = np.sqrt(np.abs(values))[..., None] * alpha
     else:
         strength = np.full(values.shape + (1,), alpha, np.float32)
     blended = base * (1 - strength) + colours * strength

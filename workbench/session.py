@@ -550,9 +550,17 @@ def top_predictions(ws: Workspace, record: LoadedModel, entry: ImageEntry, k: in
 
 
 def test_prediction(ws: Workspace, record: LoadedModel, k: int = TOP_K) -> tuple[ImageEntry, list[dict[str, Any]]]:
-    """Top-k on the first loaded image, else on the first zoo sample, else on a random image."""
-    entry = next(iter(ws.images.values()), None) or _first_sample()
+    """Top-k on the user's first loaded image; with none, a zoo model's own first sample, and for an uploaded
+    model a neutral mid-grey image (a zoo sample says nothing about someone else's model)."""
+    entry = next(iter(ws.images.values()), None) or (_first_sample() if record.source == "zoo" else _neutral_image())
     return entry, top_predictions(ws, record, entry, k)
+
+
+@functools.cache
+def _neutral_image() -> ImageEntry:
+    pixels = np.full((64, 64, 3), 0.5, np.float32)
+    image = LoadedImage(name="a neutral grey image", pixels=pixels, sha256="neutral-grey-image", format="", original_size=(64, 64), notes=())
+    return ImageEntry(image=image, source="neutral")
 
 
 @functools.cache

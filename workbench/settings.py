@@ -45,8 +45,18 @@ class Settings:
     # storage and sharing
     data_dir: str = "./data"
     database_url: str = ""
-    public_base_url: str = "http://localhost:8501"
+    public_base_url: str = ""  # blank: share links use the address the browser used (the CLI: localhost:8501)
     retention_days: int = 30
+    # several replicas on one data directory: blobs younger than this are never swept (a save on another
+    # host may be about to reference them; flock does not reach across hosts), and only one replica
+    # runs the daily cleanup (WORKBENCH_CLEANUP_IN_APP=0 on the others)
+    blob_grace_seconds: int = 0
+    cleanup_in_app: bool = True
+    operators: str = ""  # comma-separated e-mails who, with sign-in on, see every user's runs
+
+    @property
+    def operator_emails(self) -> frozenset[str]:
+        return frozenset(e.strip().lower() for e in self.operators.split(",") if e.strip())
 
     @property
     def data_path(self) -> Path:

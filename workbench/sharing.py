@@ -55,10 +55,43 @@ def run_store(settings: Settings | None = None) -> RunStore:
 
 
 def link(run_id: str) -> str:
-    """The run's share link: WORKBENCH_PUBLIC_BASE_URL + ``server.baseUrlPath`` + ``/?run=<id>``."""
+    """The run's share link: the deployment's address + ``server.baseUrlPath`` + ``/?run=<id>``.
+
+    The address is WORKBENCH_PUBLIC_BASE_URL when the operator set it, else the one the browser used
+    (:func:`browser_base_url`), so a link works on any host, port or proxy the app was opened through.
+    """
     import streamlit as st
 
-    return share_link(run_id, base_path=st.get_option("server.baseUrlPath"))
+    base = get_settings().public_base_url or browser_base_url()
+    return share_link(run_id, base_url=base, base_path=st.get_option("server.baseUrlPath"))
+
+
+def browser_base_url() -> str | None:
+    """``scheme://host[:port]`` of the address this session's browser opened, or None outside a browser.
+
+    ``st.context.url`` (Streamlit >= 1.45) is the page's URL as the browser shows it; without it, the
+    request's ``Host`` header with ``X-Forwarded-Proto`` (a TLS-terminating proxy) or http.
+    """
+    import streamlit as st
+    from urllib.parse import urlsplit
+
+    try:
+        url = st.context.url
+    except Exception:  # noqa: BLE001 - no browser context (bare script, CLI)
+        url = None
+    if url:
+        parts = urlsplit(url)
+        if parts.scheme in ("http", "https") and parts.netloc:
+            return f"{parts.scheme}://{parts.netloc}"
+    try:
+        headers = st.context.headers
+        host = headers.get("Host")
+        scheme = (headers.get("X-Forwarded-Proto") or "http").split(",")[0].strip().lower()
+    except Exception:  # noqa: BLE001
+        return None
+    if host and scheme in ("http", "https") and "/" not in host and " " not in host:
+        return f"{scheme}://{host}"
+    return None
 
 
 # ---------------------------------------------------------------------------- login
@@ -86,6 +119,51 @@ def current_owner() -> str | None:
     import streamlit as st
 
     return st.user.get("email") or st.user.get("sub") or None
+
+
+def is_operator(owner: str | None, settings: Settings | None = None) -> bool:
+    """With sign-in on: whether this user is one of the operators (setting WORKBENCH_OPERATORS)."""
+    return owner is not None and owner.strip().lower() in (settings or get_settings()).operator_emails
+
+
+@dataclasses.dataclass(frozen=True)
+class Visibility:
+    """Which saved runs a session lists. Without sign-in (single-user or trusted network) everyone sees every
+    run; with sign-in a user lists their own runs and opens anyone else's only through its share link,
+    and an operator lists all."""
+
+    login: bool
+    owner: str | None
+    operator: bool
+
+    @property
+    def lists_all(self) -> bool:
+        return not self.login or self.operator
+
+    def owner_filter(self, only_mine: bool = False) -> str | None:
+        """The ``owner`` argument for RunStore.list_runs."""
+        if self.lists_all and not only_mine:
+            return None
+        return self.owner or "\x00nobody"  # signed in without an e-mail: nothing is listed as theirs
+
+    @property
+    def mode(self) -> str:
+        if not self.login:
+            return (
+                "Sign-in is off (single user or trusted network): every saved run is listed for everyone who "
+                "opens this deployment."
+            )
+        return (
+            "Sign-in is on: each user's Runs page lists their own runs; anyone else sees a run only through its "
+            "share link, which its owner can revoke" + ("; you are an operator and see every run." if self.operator else ".")
+        )
+
+
+def visibility() -> Visibility:
+    """This session's view of the saved runs."""
+    login = login_enabled()
+    owner = current_owner()
+    return Visibility(login=login, owner=owner, operator=login and is_operator(owner))
 
 
 # ---------------------------------------------------------------------------- saving and opening
@@ -163,6 +241,9 @@ def open_run(ws: session.Workspace, run_id: object, store: RunStore) -> OpenedRu
     if not is_valid_run_id(run_id):
         raise RunNotFound(MALFORMED)
     found = ws.opened.get(run_id)
+    if found is not None and not store.exists(run_id):  # revoked or deleted since this session read it
+        forget_run(ws, run_id)
+        raise RunNotFound(store_not_found())
     if found is None:
         started = time.perf_counter()
         comparison = store.load(run_id)
@@ -215,6 +296,26 @@ def delete_run(ws: session.Workspace, run_id: str, store: RunStore, requester: s
     log.info("deleted run %s", run_id)
 
 
+def revoke_link(ws: session.Workspace, run_id: str, store: RunStore, requester: str | None) -> str:
+    """Revoke a run's share link (same permission as delete): the old link shows "not available", the run
+    stays, under a new link -> the new run id. This session follows the run to its new id."""
+    new_id = store.revoke_link(run_id, requester=requester)
+    opened = ws.opened.get(run_id)
+    ws.opened.discard(run_id)
+    if opened is not None:
+        ws.opened.put(new_id, dataclasses.replace(opened, comparison=dataclasses.replace(opened.comparison, run_id=new_id)))
+    for key in [k for k, v in ws.saved.items() if v == run_id]:
+        ws.saved[key] = new_id
+    log.info("revoked the link of run %s (now %s)", run_id, new_id)
+    return new_id
+
+
+def store_not_found() -> str:
+    from .store import _NOT_FOUND
+
+    return _NOT_FOUND
+
+
 def may_delete(record: RunRecord, requester: str | None) -> bool:
     """What RunStore.delete allows: runs without an owner, and one's own."""
     return record.owner is None or (requester is not None and record.owner == requester)
@@ -236,7 +337,7 @@ def exports(
     comparison: Comparison,
     *,
     share_url: str | None,
-    alpha: float = 0.5,
+    alpha: float | None = None,
     shared_scale: bool = False,
     positive_only: bool = False,
     evaluation: Any = None,
@@ -246,7 +347,9 @@ def exports(
     from . import export
 
     stem = f"run-{comparison.run_id[:12]}" if comparison.run_id else "comparison"
-    look = {"alpha": alpha, "shared_scale": shared_scale, "positive_only": positive_only}
+    from .render import DEFAULT_OPACITY
+
+    look = {"alpha": DEFAULT_OPACITY if alpha is None else alpha, "shared_scale": shared_scale, "positive_only": positive_only}
     return [
         Export("grid", "Grid .png", f"{stem}-grid.png", "image/png", functools.partial(export.grid_png, comparison, **look)),
         Export("npz", "Attributions .npz", f"{stem}-attributions.npz", "application/octet-stream",
@@ -356,7 +459,7 @@ def schedule_cleanup(store: RunStore, settings: Settings | None = None, *, now: 
     -> whether a cleanup was started. The app calls this for each new session; no page waits for it.
     """
     settings = settings or get_settings()
-    if settings.retention_days < 1:
+    if settings.retention_days < 1 or not settings.cleanup_in_app:
         return False
     now = time.time() if now is None else now
     key = _store_id(store)

@@ -29,7 +29,10 @@ What is stored:
 Blob removal (:meth:`RunStore.delete`, :meth:`RunStore.cleanup`) and blob writing
 exclude each other through ``flock`` on ``blobs/.lock`` (exclusive to remove, shared to
 save), so a blob a save is about to reference is never swept away under it, across
-threads and processes of one host.
+threads and processes of one host. ``flock`` does not reach across hosts sharing a data
+directory, so for several replicas: a save touches every blob it reuses, removal spares
+blobs touched within ``WORKBENCH_BLOB_GRACE_SECONDS``, and after committing, a save checks
+its blobs are still there and writes back any that a sweep removed in between.
 
 Run ids come from :func:`secrets.token_urlsafe` (192 bits) and are checked against a
 strict pattern before any database or disk access.
@@ -70,6 +73,11 @@ class NotRunOwner(WorkbenchError, PermissionError):
     """Someone other than a run's owner asked to delete it."""
 
 
+class StoreUnavailable(WorkbenchError):
+    """The data directory or the run database cannot be used (a file where a folder should be, a damaged
+    database, no permission): an operator's problem, told in one line."""
+
+
 class RunDamaged(WorkbenchError):
     """A stored run references blob data that is missing or does not match its hash."""
 
@@ -78,7 +86,11 @@ RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _BLOB_NAME = re.compile(r"[0-9a-f]{62}")
 _ID_BYTES = 24  # 192 bits
 _MAX_TEXT = 255
-_NOT_FOUND = "No saved run has this id; the link may be incomplete, or the run was deleted."
+DEFAULT_BASE_URL = "http://localhost:8501"  # links made without a browser (CLI) when no public URL is set
+_NOT_FOUND = (
+    "This run is not available: no saved run has this id. The link may be incomplete, or its owner "
+    "revoked the link or deleted the run."
+)
 
 metadata = sa.MetaData()
 
@@ -103,6 +115,27 @@ run_blobs_table = sa.Table(
     metadata,
     sa.Column("run_id", sa.String(64), sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("role", sa.String(64), primary_key=True),  # model | image/i | pixels/i | map/i/j | channels/i/j
+    sa.Column("sha256", sa.String(64), nullable=False, index=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+)
+
+
+# A browser's workspace (models, images, computed maps), kept so that a reload or a server restart finds it
+# again (workbench/workspaces.py). Replaced whole on every save; deleted by cleanup like an old run.
+workspaces_table = sa.Table(
+    "workspaces",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("owner", sa.String(_MAX_TEXT), nullable=True),
+    sa.Column("updated", sa.Float, nullable=False, index=True),
+    sa.Column("state", sa.JSON, nullable=False),
+)
+
+workspace_blobs_table = sa.Table(
+    "workspace_blobs",
+    metadata,
+    sa.Column("workspace_id", sa.String(64), sa.ForeignKey("workspaces.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("role", sa.String(160), primary_key=True),
     sa.Column("sha256", sa.String(64), nullable=False, index=True),
     sa.Column("size", sa.BigInteger, nullable=False),
 )
@@ -140,13 +173,14 @@ def _checked_id(run_id: object) -> str:
 def share_link(run_id: str, *, base_url: str | None = None, base_path: str | None = None) -> str:
     """The URL that reopens a run: ``<public base URL>/<server.baseUrlPath>/?run=<id>``.
 
-    ``base_url`` defaults to the ``WORKBENCH_PUBLIC_BASE_URL`` setting; ``base_path`` is
+    ``base_url`` defaults to the ``WORKBENCH_PUBLIC_BASE_URL`` setting, else ``http://localhost:8501``
+    (the app passes the address the browser used instead, see :func:`workbench.sharing.link`); ``base_path`` is
     Streamlit's ``server.baseUrlPath`` (pass ``st.get_option("server.baseUrlPath")``).
     Slashes are normalised, and a base URL that already ends with the base path is not
     given it twice.
     """
     run_id = _checked_id(run_id)
-    base = (base_url if base_url is not None else get_settings().public_base_url).strip().rstrip("/")
+    base = (base_url or get_settings().public_base_url or DEFAULT_BASE_URL).strip().rstrip("/")
     path = "/".join(part for part in (base_path or "").split("/") if part)
     if path and not urlsplit(base).path.rstrip("/").endswith("/" + path):
         base = f"{base}/{path}"
@@ -184,6 +218,24 @@ def _from_json(value: Any) -> Any:
     return value
 
 
+def base_name(name: object) -> str:
+    """A file name without its directories (either separator): a stored run never records where a file
+    lay on the machine that saved it (``explain --save /home/me/cases/x.png`` stores ``x.png``)."""
+    text = str(name).replace("\\", "/").rstrip("/")
+    return text.rsplit("/", 1)[-1] or "file"
+
+
+def _stored_names(summary: dict[str, Any]) -> dict[str, Any]:
+    """The summary with base names for the model and every image."""
+    model = dict(summary.get("model") or {})
+    if "name" in model:
+        model["name"] = base_name(model["name"])
+    if isinstance(model.get("loaded_as"), Mapping) and model["loaded_as"].get("filename"):
+        model["loaded_as"] = {**model["loaded_as"], "filename": base_name(model["loaded_as"]["filename"])}
+    images = [{**item, "name": base_name(item["name"])} for item in summary.get("images", [])]
+    return {**summary, "model": model, "images": images}
+
+
 def _text(value: object, limit: int = _MAX_TEXT) -> str:
     return str(value).replace("\x00", "")[:limit]
 
@@ -218,11 +270,30 @@ class RunStore:
         self.settings = get_settings()
         self.data_dir = Path(data_dir if data_dir is not None else self.settings.data_dir).resolve()
         self.blob_dir = self.data_dir / "blobs"
-        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise StoreUnavailable(
+                f"The data directory {self.data_dir} is a file, not a folder; point WORKBENCH_DATA_DIR at a folder."
+            )
+        try:
+            self.blob_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"The data directory {self.data_dir} cannot be used ({exc.strerror or type(exc).__name__}); "
+                "point WORKBENCH_DATA_DIR at a folder this process can write."
+            ) from None
         url = database_url or self.settings.database_url or f"sqlite:///{self.data_dir / 'workbench.sqlite3'}"
         self.engine = _make_engine(url)
         self._local_lock = threading.Lock()  # stands in for flock where fcntl is missing
-        metadata.create_all(self.engine)
+        try:
+            metadata.create_all(self.engine)
+        except sa.exc.DatabaseError as exc:
+            self.engine.dispose()
+            where = sa.make_url(url).render_as_string(hide_password=True)
+            reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:200]
+            raise StoreUnavailable(
+                f"The run database {where} cannot be used ({reason}); restore it from a backup, or move the "
+                "file away to start with an empty one."
+            ) from None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -277,7 +348,7 @@ class RunStore:
                 if attribution.channels is not None:
                     blobs[f"channels/{i}/{j}"] = _npy(attribution.channels)
 
-        summary = comparison.summary()
+        summary = _stored_names(comparison.summary())
         summary["run_id"] = run_id
         summary["owner"] = owner
         created = float(comparison.created) if comparison.created and math.isfinite(comparison.created) else time.time()
@@ -286,7 +357,7 @@ class RunStore:
             "created": created,
             "saved": time.time(),
             "owner": None if owner is None else _text(owner),
-            "model_name": _text(model_name),
+            "model_name": _text(base_name(model_name)),
             "model_fingerprint": _text(comparison.model.get("fingerprint", ""), 128),
             "methods": " " + " ".join(_text(m, 64) for m in comparison.methods) + " ",
             "image_count": len(comparison.images),
@@ -302,6 +373,11 @@ class RunStore:
             with self.engine.begin() as conn:
                 conn.execute(runs_table.insert(), [row])
                 conn.execute(run_blobs_table.insert(), refs)
+            # another host's sweep may have removed a blob between its write and the commit: now that the
+            # run references it no sweep will, so writing it back makes the run whole
+            for ref in refs:
+                if not self.blob_path(ref["sha256"]).is_file():
+                    self._put_blob(blobs[ref["role"]])
         return run_id
 
     def save_evaluation(self, run_id: str, evaluation: Mapping[str, Any], masks: Sequence[np.ndarray | None] = ()) -> None:
@@ -457,7 +533,112 @@ class RunStore:
             for r in rows
         ]
 
+    def exists(self, run_id: str) -> bool:
+        """Whether a run with this id is stored now (False for malformed ids, revoked links, deleted runs)."""
+        return is_valid_run_id(run_id) and self._exists(run_id)
+
+    def owner(self, run_id: str) -> str | None:
+        """The run's owner (None: saved without sign-in). Raises RunNotFound."""
+        run_id = _checked_id(run_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(runs_table.c.owner).where(runs_table.c.id == run_id)).first()
+        if row is None:
+            raise RunNotFound(_NOT_FOUND)
+        return row.owner
+
+    # -- workspaces -----------------------------------------------------------------------------
+
+    def save_workspace(
+        self,
+        workspace_id: str,
+        state: Mapping[str, Any],
+        blobs: Mapping[str, bytes],
+        *,
+        owner: str | None,
+        digests: Mapping[str, str] | None = None,
+    ) -> None:
+        """Store a workspace's state (JSON) and blobs under its id, replacing what was there, in one transaction.
+
+        ``digests``: sha256 of blobs the caller knows already (an uploaded model's), not hashed again on every save."""
+        digests = digests or {}
+        workspace_id = _checked_id(workspace_id)
+        row = {"id": workspace_id, "owner": None if owner is None else _text(owner), "updated": time.time(), "state": _to_json(dict(state))}
+        with self._blob_lock(exclusive=False):
+            refs = [
+                {"workspace_id": workspace_id, "role": _text(role, 160), "sha256": self._put_blob(data, digests.get(role)), "size": len(data)}
+                for role, data in blobs.items()
+            ]
+            with self.engine.begin() as conn:
+                conn.execute(workspace_blobs_table.delete().where(workspace_blobs_table.c.workspace_id == workspace_id))
+                conn.execute(workspaces_table.delete().where(workspaces_table.c.id == workspace_id))
+                conn.execute(workspaces_table.insert(), [row])
+                if refs:
+                    conn.execute(workspace_blobs_table.insert(), refs)
+            for ref in refs:  # see save(): a sweep on another host may have removed one before the commit
+                if not self.blob_path(ref["sha256"]).is_file():
+                    self._put_blob(blobs[ref["role"]], digests.get(ref["role"]))
+        # the blobs the previous version used and this one does not are left to cleanup
+
+    def load_workspace(self, workspace_id: str) -> tuple[str | None, dict[str, Any], dict[str, bytes]] | None:
+        """-> (owner, state, blobs by role) of a stored workspace, or None (unknown, expired, malformed id).
+
+        Raises RunDamaged when a blob it references is missing or corrupt."""
+        if not is_valid_run_id(workspace_id):
+            return None
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(workspaces_table).where(workspaces_table.c.id == workspace_id)).mappings().first()
+            if row is None:
+                return None
+            refs = dict(
+                conn.execute(
+                    sa.select(workspace_blobs_table.c.role, workspace_blobs_table.c.sha256).where(
+                        workspace_blobs_table.c.workspace_id == workspace_id
+                    )
+                ).all()
+            )
+        blobs = {}
+        for role, digest in refs.items():
+            data = None
+            with contextlib.suppress(FileNotFoundError):
+                data = self.blob_path(digest).read_bytes()
+            if data is None or hashlib.sha256(data).hexdigest() != digest:
+                raise RunDamaged(f"The saved workspace's {role.split('/')[0]} data is missing or damaged.")
+            blobs[role] = data
+        return row["owner"], _from_json(row["state"]), blobs
+
     # -- removing -------------------------------------------------------------------------------
+
+    def revoke_link(self, run_id: str, *, requester: str | None) -> str:
+        """Revoke a run's share link: the run moves to a new id (-> the new id), so the old link shows
+        "not available" while the owner keeps the run and can share it again. Same permission as delete.
+
+        Raises:
+            RunNotFound: the id is malformed or names no stored run.
+            NotRunOwner: the run has an owner and ``requester`` is someone else.
+        """
+        run_id = _checked_id(run_id)
+        new_id = new_run_id()
+        may_change = runs_table.c.owner.is_(None)
+        if requester is not None:
+            may_change = sa.or_(may_change, runs_table.c.owner == requester)
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(runs_table).where(runs_table.c.id == run_id, may_change)).mappings().first()
+            if row is None:
+                if conn.execute(sa.select(runs_table.c.id).where(runs_table.c.id == run_id)).first():
+                    raise NotRunOwner("Only the person who saved this run can revoke its link.")
+                raise RunNotFound(_NOT_FOUND)
+            moved = dict(row)
+            moved["id"] = new_id
+            summary = dict(_from_json(moved["summary"]))
+            summary["run_id"] = new_id
+            moved["summary"] = _to_json(summary)
+            # one transaction: the new row, the blob references moved over, the old row gone
+            conn.execute(runs_table.insert(), [moved])
+            conn.execute(run_blobs_table.update().where(run_blobs_table.c.run_id == run_id).values(run_id=new_id))
+            deleted = conn.execute(runs_table.delete().where(runs_table.c.id == run_id, may_change)).rowcount
+            if deleted != 1:  # changed hands or vanished in between: leave everything as it was
+                raise RunNotFound(_NOT_FOUND)
+        return new_id
 
     def delete(self, run_id: str, *, requester: str | None) -> None:
         """Delete a run and the blobs no other run uses. A run with an owner is deletable by that owner only.
@@ -495,6 +676,7 @@ class RunStore:
         cutoff = (time.time() if now is None else float(now)) - int(retention_days) * 86400.0
         with self.engine.begin() as conn:
             runs_deleted = conn.execute(runs_table.delete().where(runs_table.c.created < cutoff)).rowcount
+            conn.execute(workspaces_table.delete().where(workspaces_table.c.updated < cutoff))
         blobs_deleted, bytes_freed = self._sweep(None)
         return {"runs_deleted": int(runs_deleted), "blobs_deleted": blobs_deleted, "bytes_freed": bytes_freed}
 
@@ -503,11 +685,13 @@ class RunStore:
     def blob_path(self, digest: str) -> Path:
         return self.blob_dir / digest[:2] / digest[2:]
 
-    def _put_blob(self, data: bytes) -> str:
-        digest = hashlib.sha256(data).hexdigest()
+    def _put_blob(self, data: bytes, digest: str | None = None) -> str:
+        """Write a blob (atomically) unless it is there -> its sha256. ``digest``: the caller already knows it."""
+        digest = digest or hashlib.sha256(data).hexdigest()
         path = self.blob_path(digest)
         with contextlib.suppress(FileNotFoundError):
             if path.stat().st_size == len(data):
+                os.utime(path)  # "in use now": a sweep on another host spares it for the grace period
                 return digest
         path.parent.mkdir(exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
@@ -555,19 +739,25 @@ class RunStore:
     def _sweep(self, candidates: set[str] | None) -> tuple[int, int]:
         """Remove blobs no run references: the given digests, or (None) every blob on disk."""
         removed = freed = 0
+        grace = float(getattr(self.settings, "blob_grace_seconds", 0) or 0)
         with self._blob_lock(exclusive=True):
             with self.engine.connect() as conn:
-                query = sa.select(run_blobs_table.c.sha256).distinct()
-                if candidates is not None:
-                    if not candidates:
-                        return 0, 0
-                    query = query.where(run_blobs_table.c.sha256.in_(sorted(candidates)))
-                referenced = set(conn.execute(query).scalars())
+                referenced = set()
+                for column in (run_blobs_table.c.sha256, workspace_blobs_table.c.sha256):
+                    query = sa.select(column).distinct()
+                    if candidates is not None:
+                        if not candidates:
+                            return 0, 0
+                        query = query.where(column.in_(sorted(candidates)))
+                    referenced |= set(conn.execute(query).scalars())
             for path, digest in self._blob_files(candidates):
                 if digest in referenced:
                     continue
                 with contextlib.suppress(FileNotFoundError):
-                    size = path.stat().st_size
+                    info = path.stat()
+                    if grace and time.time() - info.st_mtime < grace:
+                        continue  # written or reused lately: a save elsewhere may be about to reference it
+                    size = info.st_size
                     path.unlink()
                     removed += 1
                     freed += size

@@ -223,9 +223,8 @@ def grid(
         for col, result, scale in zip(cols[1:], row, row_scales):
             # an explainer times its whole batch: with several images the time is their mean, and says so
             each = f"{result.seconds:.2f} s" if len(images) == 1 else f"{result.seconds:.2f} s/image (mean of {len(images)})"
-            note = f"colour {value_range(result, display, scale)} · {each} · {result.evaluations} passes"
-            if result.score:
-                note = f"explains {result.score} · " + note
+            explains = f"explains {result.score} · " if result.score else ""
+            note = f"colour {value_range(result, display, scale)} · {explains}{each} · {result.evaluations} passes"
             if result.completeness_ratio is not None:
                 note += f" · gap {result.completeness_ratio:.1%}"
             col.image(picture(pixels, result, display, scale), caption=note, width="stretch")

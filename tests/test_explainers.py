@@ -44,7 +44,11 @@ FAST = {
     "expected_gradients": {"samples": 12},
     "shap": {"max_evals": 40, "batch_size": 10},
     "occlusion": {"window": 4, "stride": 4},
+    "attention_rollout": {},  # transformers only: on the tiny CNN it must refuse in one line (below)
 }
+# the methods that run on the tiny CNN twins (attention rollout needs a model that exposes attention weights;
+# its maps are tested on a tiny ViT in test_vit.py)
+CNN = [n for n in FAST if not getattr(explainers.REGISTRY[n], "needs_attention", False)]
 
 
 # ---------------------------------------------------------------- tiny twins
@@ -173,6 +177,16 @@ def test_every_registered_method_is_in_the_cross_cutting_table():
     assert sorted(FAST) == sorted(explainers.REGISTRY), "add the method to FAST with small settings"
 
 
+@pytest.mark.parametrize("name", [n for n in FAST if n not in CNN])
+def test_attention_methods_refuse_a_cnn_in_one_line(name, torch_adapter, keras_adapter, images):
+    from workbench.errors import WorkbenchError
+
+    for adapter in (torch_adapter, keras_adapter):
+        with pytest.raises(WorkbenchError) as refused:
+            explainers.get(name).explain(adapter, images[:1], [0], params=FAST[name])
+        assert str(refused.value) and "\n" not in str(refused.value)
+
+
 def test_every_registered_name_has_its_own_module():
     for name, cls in explainers.REGISTRY.items():
         module = cls.__module__.rsplit(".", 1)[-1]
@@ -270,7 +284,7 @@ def test_unknown_method_bad_layer_and_bad_target(torch_adapter, images):
 
 
 # ---------------------------------------------------------------- cost
-COST_CASES = [*FAST.items(), ("integrated_gradients", {"steps": 9, "method": "riemann_trapezoid"}),
+COST_CASES = [*((n, FAST[n]) for n in CNN), ("integrated_gradients", {"steps": 9, "method": "riemann_trapezoid"}),
               ("occlusion", {"window": 5, "stride": 3}), ("shap", {"max_evals": 41, "batch_size": 8}),
               ("gradcam", {"layer": "conv1"}), ("scorecam", {"layer": "relu1", "batch_size": 3})]
 
@@ -707,7 +721,7 @@ def test_shap_leaves_numpys_global_generator_alone(torch_adapter, images):
 
 
 # ---------------------------------------------------------------- twins: same map in both frameworks
-@pytest.mark.parametrize("name", [n for n in FAST if n != "shap"])  # SHAP: each twin vs shap itself, above
+@pytest.mark.parametrize("name", [n for n in CNN if n != "shap"])  # SHAP: each twin vs shap itself, above
 def test_torch_and_keras_twins_give_the_same_map(name, torch_adapter, keras_adapter, images):
     targets = predicted(torch_adapter, images)
     assert targets == predicted(keras_adapter, images)
@@ -730,7 +744,7 @@ def assert_clean_keras(model):
         assert "call" not in layer.__dict__, layer.name
 
 
-@pytest.mark.parametrize("name", [n for n in FAST if n != "shap"])
+@pytest.mark.parametrize("name", [n for n in CNN if n != "shap"])
 def test_no_hooks_or_patches_left_and_predictions_unchanged(
     name, torch_model, torch_adapter, keras_model, keras_adapter, images
 ):

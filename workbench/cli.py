@@ -687,6 +687,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("WORKBENCH_LOG_LEVEL", "WARNING"))
+    # a stopped model worker is reported as the command's one error line; the server logs it as a warning
+    logging.getLogger("workbench.workers").setLevel(os.environ.get("WORKBENCH_LOG_LEVEL", "ERROR"))
     args = build_parser().parse_args(argv)
     try:
         check_environment()

@@ -832,9 +832,37 @@ def device_description(ws: Workspace | None = None) -> str:
 
 
 def settings_rows(settings: Settings | None = None) -> list[dict[str, Any]]:
+    from .workers.limits import Limits
+
     settings = settings or get_settings()
+    shown = {f.name: str(getattr(settings, f.name)) for f in dataclasses.fields(settings)}
+    if not settings.worker_memory_mb:
+        shown["worker_memory_mb"] = f"automatic: {Limits.from_settings(settings).memory_mb} MiB"
     return [
-        {"setting": f.name, "value": str(getattr(settings, f.name)), "environment variable": f"WORKBENCH_{f.name.upper()}"}
-        for f in dataclasses.fields(settings)
-        if f.name not in ("database_url",)
+        {"setting": name, "value": value, "environment variable": f"WORKBENCH_{name.upper()}"}
+        for name, value in shown.items()
+        if name not in ("database_url",)
     ]
+
+
+def worker_rows() -> list[dict[str, Any]]:
+    """The model worker processes of this server: pid, memory now and at most, what each holds."""
+    if not get_settings().model_workers:
+        return []
+    from .workers import pool
+    from .workers.limits import rss_bytes
+
+    rows = []
+    for worker, model in pool().worker_models():
+        used = rss_bytes(worker.pid)
+        rows.append(
+            {
+                "pid": worker.pid,
+                "model": model or "(warm spare)",
+                "memory (MiB)": round((used or 0) / 2**20),
+                "peak (MiB)": round(worker.peak_rss / 2**20),
+                "limit (MiB)": worker.limits.memory_mb,
+                "busy": worker.busy,
+            }
+        )
+    return rows

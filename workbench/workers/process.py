@@ -79,6 +79,9 @@ def serve(conn, warm: bool) -> None:
             message = conn.recv()
         except (EOFError, OSError):
             break
+        except Exception as error:  # noqa: BLE001 - e.g. a function the worker cannot import: refuse it, keep serving
+            conn.send(protocol.Failed("", f"the request could not be read in the model's worker: {type(error).__name__}: {error}"))
+            continue
         if isinstance(message, protocol.Shutdown):
             break
         begun = time.perf_counter()
@@ -387,12 +390,13 @@ class WorkerPool:
         for old in live[: max(0, len(live) + 1 - max_live)]:
             old.unload(reason="too many models loaded")
 
-    def live_workers(self) -> list[ModelWorker]:
+    def worker_models(self) -> list[tuple[ModelWorker, str | None]]:
+        """Every live worker and the file name of the model it holds (None: the spare)."""
         with self._lock:
-            workers = [h.worker for h in self._handles if h.loaded]
+            found = [(h.worker, getattr(h.key, "filename", "?")) for h in self._handles if h.loaded]
             if self._spare is not None and self._spare.alive:
-                workers.append(self._spare)
-        return workers
+                found.append((self._spare, None))
+        return found
 
     def shutdown(self) -> None:
         with self._lock:

@@ -2,9 +2,9 @@
 
 Memory is enforced by watching the worker's resident set size (``VmRSS`` in
 ``/proc/<pid>/status``) from a thread in the server and killing the worker when it goes
-over; ``RLIMIT_AS`` is not used because TensorFlow reserves far more virtual address space
-than it touches, so an address-space cap fails ordinary Keras models. Time is a deadline
-on each request.
+over. ``RLIMIT_AS`` is not used: an idle worker holding a small Keras model maps about three
+times the address space it has resident (3.3 GiB for 1.1 GiB, measured), so an address-space
+cap at the memory limit would refuse ordinary models. Time is a deadline on each request.
 """
 
 from __future__ import annotations

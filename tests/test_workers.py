@@ -266,3 +266,21 @@ def test_the_app_process_never_imports_torch_or_tensorflow():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "LOADED []" in result.stdout, result.stdout
+
+
+@needs_zoo
+def test_the_cli_parent_never_imports_torch_or_tensorflow(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from workbench.cli import main
+        code = main(["explain", "--model", "shapes-cnn-torch", "--image", {str(model_zoo.samples()[0].image)!r},
+                     "--method", "gradcam", "--out", {str(tmp_path / "out")!r}])
+        loaded = sorted(m for m in ("torch", "tensorflow", "keras", "shap") if m in sys.modules)
+        print("CODE", code, "LOADED", loaded)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert "CODE 0 LOADED []" in result.stdout, result.stdout + result.stderr[-2000:]
+    assert (tmp_path / "out" / "summary.json").is_file()

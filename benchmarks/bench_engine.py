@@ -144,7 +144,7 @@ def memory() -> None:
 
 
 # ---------------------------------------------------------------------------- Quick start
-def quickstart() -> None:
+def quickstart(root: Path) -> None:
     import socket
     import tempfile
     import urllib.request
@@ -161,7 +161,7 @@ def quickstart() -> None:
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
         for _ in range(240):
@@ -196,7 +196,7 @@ def quickstart() -> None:
     finally:
         server.terminate()
         server.wait(30)
-    print(f"Quick start in Chromium (open the page, one click, Grad-CAM + IG + SHAP, agreement chart drawn); load average {load_average()}")
+    print(f"{root}: Quick start in Chromium (open the page, one click, Grad-CAM + IG + SHAP, agreement chart drawn); load average {load_average()}")
     print(f"  server healthy after {healthy:.1f} s; fresh server: {fresh:.1f} s; running server: median {statistics.median(running):.1f} s "
           f"({', '.join(f'{t:.1f}' for t in running)})")
 
@@ -206,13 +206,15 @@ def main() -> None:
     parser.add_argument("what", choices=["overhead", "memory", "quickstart"])
     parser.add_argument("--model", default="shapes-cnn-torch")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--root", type=Path, nargs="*", default=[ROOT], help="quickstart: the checkouts to serve, one after the other")
     args = parser.parse_args()
     if args.what == "overhead":
         overhead(args.model, args.repeats)
     elif args.what == "memory":
         memory()
     else:
-        quickstart()
+        for root in args.root:
+            quickstart(root)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ deadline, and watches the worker's resident memory from a thread, killing it whe
 the limit. A worker that dies turns the request into one typed line (:class:`LimitExceeded` or
 :class:`WorkerCrashed`); the server and every other worker go on.
 
-:class:`WorkerPool` keeps one warm spare worker (frameworks imported, shap's kernels compiling
-in the background) so that loading a model does not pay start-up costs, and bounds how many
+:class:`WorkerPool` keeps one warm spare worker (torch imported, then shap's kernels compiled and
+Keras imported in the background) so that loading a model does not pay start-up costs, and bounds how many
 models stay loaded in workers at once.
 """
 
@@ -47,9 +47,12 @@ Progress = Callable[[float, str], None]
 
 
 # ============================================================================ the worker's side
-def _import_frameworks() -> None:
-    import torch  # noqa: F401
+def _warm_up_in_background() -> None:
+    """shap's kernels first (every comparison's SHAP needs them), then Keras: a PyTorch model (Quick start's)
+    loads meanwhile, and a Keras model's own ``import keras`` waits for this one instead of starting another."""
+    from .. import warmup
 
+    warmup.start_background_warm_up().join()
     try:
         import keras  # noqa: F401
     except Exception:  # noqa: BLE001 - a deployment without TensorFlow still serves PyTorch models
@@ -62,10 +65,9 @@ def serve(conn, warm: bool) -> None:
     os.environ.update(worker_env())
     started = time.perf_counter()
     if warm:
-        _import_frameworks()
-        from .. import warmup
+        import torch  # noqa: F401
 
-        warmup.start_background_warm_up()
+        threading.Thread(target=_warm_up_in_background, name="workbench-worker-warm-up", daemon=True).start()
     from ..settings import use_settings
 
     conn.send(protocol.Ready(os.getpid(), time.perf_counter() - started))

@@ -56,16 +56,24 @@ def overhead(model: str, repeats: int) -> None:
             ["gradcam", "integrated_gradients", "shap"],
         )
 
-    def timed(adapter) -> float:
-        started = time.perf_counter()
+    def cpu_seconds() -> float:
+        """CPU time of this process and of the model's worker (user + system)."""
+        fields = Path(f"/proc/{remote.worker_pid}/stat").read_text().rsplit(")", 1)[1].split()
+        worker = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return time.process_time() + worker
+
+    def timed(adapter, cpu: list | None = None) -> float:
+        started, begun = time.perf_counter(), cpu_seconds()
         engine.Engine(adapter, images, forward_seconds=0.001).run(request(adapter))
+        if cpu is not None:
+            cpu.append(cpu_seconds() - begun)
         return time.perf_counter() - started
 
     timed(local), timed(remote)  # warm: shap kernels compiled in both processes, graphs traced
-    in_process, in_worker = [], []
+    in_process, in_worker, cpu_process, cpu_worker = [], [], [], []
     for _ in range(repeats):
-        in_process.append(timed(local))
-        in_worker.append(timed(remote))
+        in_process.append(timed(local, cpu_process))
+        in_worker.append(timed(remote, cpu_worker))
     trips = []
     import bench_engine  # noop by its importable name: the worker imports it from there
 
@@ -75,7 +83,8 @@ def overhead(model: str, repeats: int) -> None:
         trips.append(time.perf_counter() - started)
     a, b, trip = statistics.median(in_process), statistics.median(in_worker), statistics.median(trips)
     print(f"{model}: Grad-CAM + IG + SHAP on one image, median of {repeats} (load average {load_average()})")
-    print(f"  in process {a:.3f} s   in the worker {b:.3f} s   ratio {b / a:.3f}")
+    print(f"  in process {a:.3f} s   in the worker {b:.3f} s   ratio {b / a:.3f}   (each: {', '.join(f'{x:.2f}' for x in in_process)} / {', '.join(f'{x:.2f}' for x in in_worker)})")
+    print(f"  CPU seconds: in process {statistics.median(cpu_process):.2f}, server + worker {statistics.median(cpu_worker):.2f}")
     print(f"  empty round trip {trip * 1000:.2f} ms; 3 calls per comparison = {3 * trip / a:.2%} of it")
 
 

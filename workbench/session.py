@@ -29,11 +29,9 @@ import collections
 import dataclasses
 import functools
 import hashlib
-import json
 import logging
 import pathlib
 import threading
-import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -42,7 +40,7 @@ from . import engine
 from .adapters.base import ModelAdapter
 from .errors import ParameterError, WorkbenchError
 from .images import LoadedImage, load_image
-from .result import Attribution, Comparison, ExplainedImage
+from .result import Attribution, Comparison
 from .settings import Settings, get_settings
 
 log = logging.getLogger("workbench.app")

@@ -384,7 +384,8 @@ def _how_loaded(comparison: Comparison) -> dict[str, Any]:
     if comparison.request is not None:
         m = comparison.request.model
         return {"source": m.source, "filename": m.filename, "architecture": m.architecture, "input_size": m.input_size,
-                "preset": m.preset, "labels": m.labels, "fingerprint": m.fingerprint}
+                "preset": m.preset, "labels": m.labels, "fingerprint": m.fingerprint, "score": m.score,
+                "resize_mode": m.resize_mode}
     model = dict(comparison.model)
     loaded_as = dict(model.get("loaded_as") or {})
     size = loaded_as.get("input_size")
@@ -434,6 +435,10 @@ def reload(
         session.set_preset(record, str(how["preset"]))
     if how["labels"]:
         session.set_label_names(record, how["labels"], f"run {run_id[:12]}")
+    if how.get("score"):
+        session.set_score(record, str(how["score"]))
+    if how.get("resize_mode"):
+        session.set_resize(record, str(how["resize_mode"]))
 
     images = store.image_bytes(run_id)
     if images is None or len(images) != len(comparison.images):

@@ -14,6 +14,7 @@ models stay loaded in workers at once.
 from __future__ import annotations
 
 import atexit
+import copy
 import logging
 import os
 import signal
@@ -98,11 +99,14 @@ def serve(conn, warm: bool) -> None:
                     own_labels=adapter._labels,
                     layers=adapter.layers(),
                     seconds=time.perf_counter() - begun,
+                    state={k: getattr(adapter, k) for k in protocol.LOADED_STATE if hasattr(adapter, k)},
                 )
             elif isinstance(message, protocol.Call):
                 if adapter is None:
                     raise WorkbenchError("No model is loaded in this worker.")
-                view = adapter.view(preset=message.preset, labels=message.labels)
+                view = copy.copy(adapter)  # this call's view: the caller's preset, labels, score, resize mode
+                for name, value in message.state.items():
+                    setattr(view, name, value)
                 kwargs = {"progress": send_progress} if message.progress else {}
                 with adapter.lock:
                     value = message.fn(view, *message.args, **kwargs)

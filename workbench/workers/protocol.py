@@ -39,14 +39,20 @@ class Loaded:
     own_labels: tuple[str, ...] | None  # the labels the model was loaded with (None: "class k")
     layers: tuple[LayerInfo, ...]
     seconds: float
+    state: dict = dataclasses.field(default_factory=dict)  # the loaded adapter's VIEW_STATE and extras (own preset, ...)
+
+
+# What a view of a loaded model may change (ModelAdapter.view): sent with every call, applied to a copy
+VIEW_STATE = ("preset", "_labels", "score", "resize_mode", "crop_fraction", "resample")
+# What the server's copy also needs from the loaded adapter
+LOADED_STATE = VIEW_STATE + ("own_preset", "_softmax_head", "patch_size")
 
 
 @dataclasses.dataclass(frozen=True)
 class Call:
     fn: Callable[..., Any]
     args: tuple
-    preset: str
-    labels: tuple[str, ...] | None
+    state: dict  # the view's VIEW_STATE
     settings: Settings
     progress: bool = False  # pass fn a progress=callable(fraction, message) keyword
 

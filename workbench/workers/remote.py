@@ -100,15 +100,14 @@ class ModelHandle:
         fn: Callable[..., Any],
         args: tuple,
         *,
-        preset: str,
-        labels: Sequence[str] | None,
+        state: dict,
         progress: Progress | None = None,
         cancel: Callable[[], bool] | None = None,
         doing: str | None = None,
         settings: Settings | None = None,
     ) -> Any:
         settings = settings or get_settings()
-        message = protocol.Call(fn, tuple(args), preset, tuple(labels) if labels is not None else None, settings, progress is not None)
+        message = protocol.Call(fn, tuple(args), dict(state), settings, progress is not None)
         for attempt in (1, 2):
             worker = self._ensure(settings)
             self.last_used = time.monotonic()
@@ -153,6 +152,11 @@ def _layer_activations(adapter: ModelAdapter, batch: np.ndarray, layer: str) -> 
     return adapter.layer_activations(batch, layer)
 
 
+def _method(adapter: ModelAdapter, name: str, args: tuple, kwargs: dict) -> Any:
+    """Any other adapter method whose arguments and result are plain values."""
+    return getattr(adapter, name)(*args, **kwargs)
+
+
 class RemoteAdapter(ModelAdapter):
     """A model in a worker, seen from the server. Metadata is local; model calls go to the worker."""
 
@@ -177,11 +181,32 @@ class RemoteAdapter(ModelAdapter):
         self._layers = tuple(loaded.layers)
         self._device = info.device
         self._parameters = info.parameters
+        for name, value in loaded.state.items():
+            setattr(self, name, value)
 
     def run(self, fn: Callable[..., Any], *args, progress: Progress | None = None,
             cancel: Callable[[], bool] | None = None, doing: str | None = None) -> Any:
         """``fn(adapter, *args)`` in the model's worker, with this view's preset and labels."""
-        return self.handle.call(fn, args, preset=self.preset.name, labels=self._labels, progress=progress, cancel=cancel, doing=doing)
+        state = {name: getattr(self, name) for name in protocol.VIEW_STATE if hasattr(self, name)}
+        return self.handle.call(fn, args, state=state, progress=progress, cancel=cancel, doing=doing)
+
+    def _remote(self, name: str, *args, **kwargs) -> Any:
+        return self.run(_method, name, args, kwargs, doing=name.replace("_", " "))
+
+    def layer_statistics(self, batch, targets=None, *, gradients: bool = True):
+        return self._remote("layer_statistics", np.asarray(batch, np.float32), None if targets is None else list(targets), gradients=gradients)
+
+    def layer_weights(self, layer: str):
+        return self._remote("layer_weights", layer)
+
+    def layer_graph(self):
+        return self._remote("layer_graph")
+
+    def attention_maps(self, batch):
+        return self._remote("attention_maps", np.asarray(batch, np.float32))
+
+    def randomisable_layers(self) -> tuple[str, ...]:
+        return tuple(self._remote("randomisable_layers"))
 
     @property
     def worker_pid(self) -> int | None:

@@ -115,6 +115,10 @@ def serve(conn, warm: bool) -> None:
                 raise WorkbenchError(f"Unknown request {type(message).__name__}.")
         except WorkbenchError as error:
             reply = protocol.Failed(type(error).__name__, str(error))
+        except RecursionError:
+            reply = protocol.Failed(
+                "ModelRejected", "The input is nested too deeply to read (a model config thousands of levels deep?); it is refused."
+            )
         except Exception as error:  # noqa: BLE001 - reported to the server in one line, traceback kept
             first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
             reply = protocol.Failed("", f"{type(error).__name__}: {first}", traceback.format_exc())

@@ -401,6 +401,9 @@ def _maps_from(directory: str, images, methods: Sequence[str] | None):
 
 
 def cmd_evaluate(args) -> int:
+    from . import evaluations, workers
+    from .settings import get_settings
+
     import explainers
 
     from . import metrics
@@ -443,15 +446,17 @@ def cmd_evaluate(args) -> int:
         _, batch = model_inputs(adapter, images)
         predicted = adapter.predict(batch).argmax(axis=1)
         targets = [int(predicted[i]) if t is None else t for i, t in enumerate(targets)]
-        evaluation = metrics.evaluate(
-            adapter, batch, targets, maps, metric_names, params=metric_params, masks=masks,
-            image_names=[im.name for im in images], method_params=method_params, seed=args.seed, progress=progress,
+        evaluation = workers.call(  # the metrics run where the model lives: its worker
+            adapter, evaluations.evaluate_maps_in_worker, batch, targets, maps, metric_names, metric_params, masks,
+            [im.name for im in images], method_params, args.seed, progress=progress,
         )
     else:
         comparison = run_comparison(adapter, images, methods, params=method_params, seed=args.seed,
                                     progress=lambda f, m: progress(0.5 * f, m))
-        evaluation = metrics.evaluate_comparison(adapter, comparison, metric_names, params=metric_params, masks=masks,
-                                                 progress=lambda f, m: progress(0.5 + 0.5 * f, m))
+        evaluation = workers.call(
+            adapter, evaluations.evaluate_in_worker, comparison, metric_names, metric_params, masks, get_settings(),
+            progress=lambda f, m: progress(0.5 + 0.5 * f, m),
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps({"results": [r.row() for r in evaluation.results]}, indent=2))

@@ -193,3 +193,12 @@ def mask_target(ws: session.Workspace, filename: str) -> str | None:
 def evaluate_in_worker(adapter, comparison: Comparison, names, params, masks, settings: Settings, progress: Progress | None = None):
     """The metrics on a comparison's maps, where the model lives (its worker): randomised copies included."""
     return metrics.evaluate_comparison(adapter, comparison, list(names), params=params, masks=masks, progress=progress, settings=settings)
+
+
+def evaluate_maps_in_worker(adapter, batch, targets, maps, names, params, masks, image_names, method_params, seed: int,
+                            progress: Progress | None = None):
+    """The metrics on given maps (the CLI's ``evaluate --maps``), where the model lives."""
+    return metrics.evaluate(
+        adapter, batch, targets, maps, list(names), params=params, masks=masks, image_names=image_names,
+        method_params=method_params, seed=seed, progress=progress,
+    )

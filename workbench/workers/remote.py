@@ -170,7 +170,7 @@ class RemoteAdapter(ModelAdapter):
             source_format=info.source_format,
             input_size=info.input_size,
             labels=loaded.own_labels,
-            preset=info.preset,
+            preset="unit",  # replaced below by the loaded adapter's own Preset (a model's own, e.g. from its config)
             fingerprint=info.fingerprint,
             layout=info.layout,
         )

@@ -4,7 +4,7 @@ The entry point is the frame around every page: it refuses to start in an unsafe
 environment, asks for sign-in when ``.streamlit/secrets.toml`` has an ``[auth]`` section,
 creates the session's workspace once, draws the sidebar (active model, device, versions)
 and runs the page picked in the navigation. A share link (``?run=<id>``) opens the saved
-run's page. It imports no framework: torch or tensorflow load only when a model does.
+run's page. It imports no framework: torch and tensorflow load only in the model worker processes.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 import streamlit as st
 
 from pages import controls
-from workbench import session, sharing, warmup
+from workbench import session, sharing
 from workbench.errors import WorkbenchError
 from workbench.settings import check_environment
 
@@ -36,8 +36,8 @@ if sharing.login_enabled() and not sharing.signed_in():
         st.login()
     st.stop()
 
-# shap compiles its kernels on first use; start that now, off the request path, once per process.
-warmup.start_background_warm_up()
+# models live in worker processes: have a warm one ready (frameworks imported, shap's kernels compiled).
+session.start_workers()
 if "workspace" not in st.session_state:
     # the workspace named in the URL (?ws=), restored after a reload or a restart; else a new one
     st.session_state["workspace"] = controls.open_workspace()

@@ -33,6 +33,12 @@ limits, versions = st.columns(2, gap="large")
 with limits:
     st.subheader("Limits and settings")
     st.dataframe(session.settings_rows(settings), hide_index=True, width="stretch", height="content")
+    st.subheader("Model workers")
+    st.caption(
+        "Each loaded model runs in a process of its own, stopped and replaced when it goes over a limit "
+        "(worker_memory_mb, load_timeout_s, explain_timeout_s, max_input_side)."
+    )
+    st.dataframe(session.worker_rows(), hide_index=True, width="stretch")
 with versions:
     st.subheader("Versions")
     st.dataframe([{"library": k, "version": v} for k, v in session.library_versions().items()], hide_index=True, width="stretch")

@@ -684,24 +684,27 @@ def test_an_unknown_or_malformed_workspace_id_starts_a_new_workspace():
 def test_a_cancelled_run_keeps_the_maps_that_finished_and_run_computes_only_the_rest(explain_calls, monkeypatch):
     """Cancel (or leaving the page) interrupts the script the way Streamlit does, with a ScriptControlException
     at the next Streamlit call; here the second method raises it."""
-    import explainers
     from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    from workbench import engine
 
     at = start()
     load_zoo_and_sample(at)
     page(at, "pages/explain.py")
     at.multiselect(key="explain_methods").set_value(["gradcam", "saliency"]).run()
     assert not at.button(key="explain_run").disabled
-    original = explainers.REGISTRY["saliency"].explain
+    original = engine.Engine._explain  # the explainers run in the model's worker; the server calls them here
 
-    def interrupted(self, *args, **kwargs):
-        raise StopException()
+    def interrupted(self, method, *args, **kwargs):
+        if method == "saliency":
+            raise StopException()
+        return original(self, method, *args, **kwargs)
 
-    monkeypatch.setattr(explainers.REGISTRY["saliency"], "explain", interrupted)
+    monkeypatch.setattr(engine.Engine, "_explain", interrupted)
     at.button(key="explain_run").click().run()
     assert [b.key for b in at.button if b.key == "explain_cancel"] == ["explain_cancel"], "Cancel is shown while running"
     assert at.button(key="explain_run").disabled, "Run is disabled while a run is in flight"
-    monkeypatch.setattr(explainers.REGISTRY["saliency"], "explain", original)
+    monkeypatch.setattr(engine.Engine, "_explain", original)
 
     at.run()  # the next run: the page says the run stopped; Grad-CAM's map is kept
     assert not at.exception, [e.value for e in at.exception]

@@ -30,17 +30,20 @@ def isolated_store(tmp_path, monkeypatch):
 
 @pytest.fixture
 def evaluate_calls(monkeypatch):
-    """Counts metrics.evaluate calls (the app's only way to compute a metric)."""
-    import workbench.metrics.evaluation as evaluation
+    """Counts evaluations sent to the model's worker (the app's only way to compute a metric; the
+    metrics themselves, and the explainers they rerun on randomised copies, run in the worker)."""
+    import workbench.evaluations
+    import workbench.workers
 
     calls = []
-    original = evaluation.evaluate
+    original = workbench.workers.call
 
-    def counted(*args, **kwargs):
-        calls.append(kwargs.get("image_names"))
-        return original(*args, **kwargs)
+    def counted(adapter, fn, *args, **kwargs):
+        if fn is workbench.evaluations.evaluate_in_worker:
+            calls.append([im.name for im in args[0].images])
+        return original(adapter, fn, *args, **kwargs)
 
-    monkeypatch.setattr(evaluation, "evaluate", counted)
+    monkeypatch.setattr(workbench.workers, "call", counted)
     return calls
 
 
@@ -85,7 +88,8 @@ def test_evaluate_section_table_curves_mask_saved_and_reopened_without_computing
     assert any("model passes" in c.value and "Randomisation" in c.value for c in at.caption)
     assert explain_calls.calls == 3 and not evaluate_calls
     ok(at.button(key="explain_evaluate").click().run())
-    assert len(evaluate_calls) == 1 and explain_calls.calls == 3 + 3 * 5, "each method rerun on 5 randomised copies"
+    # the reruns on 5 randomised copies per method happen in the model's worker: no explain request from here
+    assert len(evaluate_calls) == 1 and explain_calls.calls == 3
 
     rows = table(at)
     assert list(rows["method"]) == ["Grad-CAM", "Integrated Gradients", "SHAP (Partition)", "random map (baseline)"]

@@ -1,4 +1,4 @@
-"""Run several explainers on several images of one model: the comparison the grid, store, export and CLI share."""
+"""Model inputs, forward timing, cost estimates and library versions; comparisons run through :mod:`workbench.engine`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 from .adapters.base import ModelAdapter
 from .errors import ParameterError
 from .images import LoadedImage, resize_for_model
-from .result import Comparison, ExplainedImage
-from .settings import Settings, get_settings
+from .result import Comparison
+from .settings import Settings
 
 LIBRARIES = ("workbench", "numpy", "torch", "tensorflow", "keras", "captum", "shap", "streamlit", "onnx", "onnx2torch")
 
@@ -119,17 +119,7 @@ def estimate(
     return out
 
 
-def check_request(n_images: int, methods: Sequence[str], settings: Settings, *, where: str = "") -> None:
-    """Refuse an empty request or one over the deployment's image cap, before any work."""
-    if not n_images:
-        raise ParameterError(f"Add at least one image{where}.")
-    if not methods:
-        raise ParameterError("Pick at least one method.")
-    if n_images > settings.max_images_per_run:
-        raise ParameterError(
-            f"{n_images} images is over this deployment's limit of {settings.max_images_per_run} per run "
-            "(setting WORKBENCH_MAX_IMAGES_PER_RUN)."
-        )
+from .engine import check_request  # noqa: E402  (kept importable from here)
 
 
 def run_comparison(
@@ -144,61 +134,23 @@ def run_comparison(
     progress: Callable[[float, str], None] | None = None,
     settings: Settings | None = None,
 ) -> Comparison:
-    """Every method on every image, one target per image (``None`` = the predicted class)."""
-    import explainers
+    """Every method on every image, one target per image (``None`` = the predicted class), through the engine.
 
-    settings = settings or get_settings()
-    check_request(len(images), methods, settings)
-    params = {m: dict((params or {}).get(m) or {}) for m in methods}
-    # validate every method's parameters before running any
-    normalised = {m: explainers.REGISTRY[m].normalise_params(params[m], settings) if m in explainers.REGISTRY else None for m in methods}
-    for m in methods:
-        explainers.get(m)
-    pixels, batch = model_inputs(adapter, images)
-    predicted = adapter.predict(batch).argmax(axis=1)
-    chosen = [int(predicted[i]) if targets is None or targets[i] is None else int(targets[i]) for i in range(len(images))]
-    background_batch = model_inputs(adapter, background)[1] if background else None
-    fingerprints = [im.sha256 for im in images]
-    columns = []
-    for j, name in enumerate(methods):
-        explainer = explainers.get(name)
+    A convenience for scripts holding an adapter; the app and the CLI build their
+    :class:`~workbench.engine.ExplainRequest` with how the model was loaded.
+    """
+    from .engine import Engine, ExplainRequest, ImageRef, ModelRecord
 
-        def report(fraction, message, _j=j):
-            if progress:
-                progress((_j + fraction) / len(methods), message)
-
-        report(0.0, f"{explainer.title}…")
-        columns.append(
-            explainer.explain(
-                adapter,
-                batch,
-                chosen,
-                params=normalised[name],
-                seed=seed,
-                background=background_batch,
-                progress=report,
-                settings=settings,
-                image_fingerprints=fingerprints,
-            )
-        )
-    if progress:
-        progress(1.0, "done")
-    labels = adapter.labels
-    explained = tuple(
-        ExplainedImage(
-            name=im.name, sha256=im.sha256, pixels=pixels[i], target=chosen[i], target_label=labels[chosen[i]], notes=im.notes,
-            original=original_pixels(adapter, im), placement=placement_for(adapter, im).as_dict(),
-        )
-        for i, im in enumerate(images)
-    )
-    info = adapter.info()
-    model = {k: (list(v) if isinstance(v, tuple) else v) for k, v in info.__dict__.items()}
-    return Comparison(
-        model=model,
-        images=explained,
-        methods=tuple(methods),
-        results=tuple(tuple(col[i] for col in columns) for i in range(len(images))),
+    background = list(background or ())
+    request = ExplainRequest.build(
+        ModelRecord.of(adapter, source="adapter", filename=adapter.name),
+        [ImageRef(im.name, im.sha256) for im in images],
+        methods,
+        params,
+        targets=targets,
         seed=seed,
-        versions=versions(),
-        created=time.time(),
+        background=[ImageRef(im.name, im.sha256) for im in background],
+        settings=settings,
     )
+    lookup = {im.sha256: im for im in [*images, *background]}
+    return Engine(adapter, lookup, settings=settings).run(request, progress)

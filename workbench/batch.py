@@ -119,6 +119,9 @@ class ChunkRunner:
 
         from .cli import open_model  # the same loading path as ``explain``
 
+        # this process (a pool worker or a Ray actor) is itself the model's worker: load in it, not in another
+        os.environ["WORKBENCH_MODEL_WORKERS"] = "0"
+
         for name in job.methods:
             explainers.get(name)
         self.job = job

@@ -24,40 +24,66 @@ log = logging.getLogger("workbench")
 
 
 # ---------------------------------------------------------------------------- helpers
+@dataclasses.dataclass(frozen=True)
+class OpenedModel:
+    """A model the CLI loaded (in a worker process of its own) and how it was loaded, for provenance.
+
+    Unpacks as ``adapter, data``, as open_model's callers did before it said how the model was loaded."""
+
+    adapter: object  # a ModelAdapter view with the preset, labels, score and resize mode asked for
+    data: bytes | None  # the model file's bytes (None for a zoo model)
+    source: str  # "file" | "zoo"
+    filename: str
+    architecture: str | None
+    input_size: tuple[int, int, int] | None
+    labels: tuple[str, ...] | None
+    device: str
+
+    def __iter__(self):
+        return iter((self.adapter, self.data))
+
+    def record(self):
+        from .engine import ModelRecord
+
+        return ModelRecord.of(
+            self.adapter,  # type: ignore[arg-type]
+            source=self.source,
+            filename=self.filename,
+            architecture=self.architecture,
+            input_size=self.input_size,
+            labels=self.labels,
+            name=self.filename,
+            device=self.device,
+        )
+
+
 def open_model(
     spec: str, *, architecture=None, preprocess=None, labels_path=None, device="auto", input_size=None, score=None, resize=None
-):
-    """A model file path or a zoo name -> (adapter, model bytes or None); ``score``: logits / probabilities."""
-    adapter, data = _open_model(
-        spec, architecture=architecture, preprocess=preprocess, labels_path=labels_path, device=device, input_size=input_size
-    )
-    if score:
-        adapter.set_score(score)
-    if resize:
-        adapter.set_resize_mode(resize)
-    return adapter, data
-
-
-def _open_model(spec: str, *, architecture=None, preprocess=None, labels_path=None, device="auto", input_size=None):
-    from . import intake
+) -> OpenedModel:
+    """A model file, a save_pretrained folder or a zoo name -> the model loaded in its worker, with how it
+    was loaded; ``score``: logits / probabilities; ``resize``: how images of another shape fit."""
+    from . import intake, session
+    from .settings import get_settings
 
     labels = None
     if labels_path:
-        labels = intake.read_labels(Path(labels_path).read_bytes(), Path(labels_path).name)
+        labels = tuple(intake.read_labels(Path(labels_path).read_bytes(), Path(labels_path).name))
+    size = tuple(int(v) for v in input_size) if input_size else None
     path = Path(spec)
     if path.is_file() or path.is_dir():
         # a save_pretrained folder goes through the same zip path as an upload
         data = intake.folder_zip(path) if path.is_dir() else path.read_bytes()
-        adapter = intake.load_model(
-            data,
+        key = session.ModelKey(
+            sha256=session.sha256(data),
             filename=path.name,
-            architecture=architecture,
-            labels=labels,
-            preset=preprocess or "unit",
+            architecture=architecture or None,
+            input_size=size,
             device=device,
-            input_size=input_size,
+            trusted_formats=get_settings().trusted_formats,
         )
-        return adapter, data
+        base = session.load_in_worker(key, data)
+        adapter = base.view(preset=preprocess or None, labels=labels, score=score, resize=resize)
+        return OpenedModel(adapter, data, "file", path.name, architecture or None, size, labels, device)
     import model_zoo
 
     try:
@@ -65,12 +91,9 @@ def _open_model(spec: str, *, architecture=None, preprocess=None, labels_path=No
     except KeyError:
         names = ", ".join(e.name for e in model_zoo.entries())
         raise ParameterError(f"{spec!r} is neither a file nor a zoo model ({names}).") from None
-    adapter = intake.load_zoo_model(spec, device=device)
-    if preprocess:
-        adapter.set_preset(preprocess)
-    if labels:
-        adapter.with_labels(labels)
-    return adapter, None
+    base = session.load_in_worker(session.ModelKey(sha256=f"zoo:{spec}", filename=spec, device=device), None)
+    adapter = base.view(preset=preprocess or None, labels=labels, score=score, resize=resize)
+    return OpenedModel(adapter, None, "zoo", spec, None, None, labels, device)
 
 
 def read_images(paths: Sequence[str], channels: int):
@@ -125,7 +148,7 @@ class ProgressBar:
 
 # ---------------------------------------------------------------------------- commands
 def cmd_inspect(args) -> int:
-    adapter, _ = open_model(args.model, architecture=args.architecture, preprocess=args.preprocess, labels_path=args.labels, device=args.device, score=args.score, resize=args.resize)
+    adapter = open_model(args.model, architecture=args.architecture, preprocess=args.preprocess, labels_path=args.labels, device=args.device, score=args.score, resize=args.resize).adapter
     info = adapter.info()
     layers = adapter.layers()
     try:
@@ -168,7 +191,7 @@ def cmd_inspect(args) -> int:
 def cmd_predict(args) -> int:
     from .analysis import model_inputs
 
-    adapter, _ = open_model(args.model, architecture=args.architecture, preprocess=args.preprocess, labels_path=args.labels, device=args.device, score=args.score, resize=args.resize)
+    adapter = open_model(args.model, architecture=args.architecture, preprocess=args.preprocess, labels_path=args.labels, device=args.device, score=args.score, resize=args.resize).adapter
     images = read_images(args.images, adapter.input_size[2])
     _, batch = model_inputs(adapter, images)
     outputs = adapter.predict(batch)
@@ -193,17 +216,18 @@ def cmd_predict(args) -> int:
 def cmd_explain(args) -> int:
     import explainers
 
-    from .analysis import run_comparison
-    from .images import load_image
+    from .engine import Engine, ExplainRequest, ImageRef
 
     for m in args.methods:
         explainers.get(m)  # unknown names fail before anything loads
     params = parse_params(args.params, args.methods)
-    adapter, model_bytes = open_model(
+    opened = open_model(
         args.model, architecture=args.architecture, preprocess=args.preprocess, labels_path=args.labels, device=args.device, score=args.score, resize=args.resize
     )
+    adapter = opened.adapter
+    model_bytes = opened.data
     images = read_images(args.images, adapter.input_size[2])
-    background = read_images(args.background, adapter.input_size[2]) if args.background else None
+    background = read_images(args.background, adapter.input_size[2]) if args.background else []
     targets = None
     if args.target is not None:
         labels = adapter.labels
@@ -211,9 +235,17 @@ def cmd_explain(args) -> int:
         if target is None or not 0 <= target < adapter.num_classes:
             raise ParameterError(f"--target {args.target!r} is not a class index or label of this model.")
         targets = [target] * len(images)
-    comparison = run_comparison(
-        adapter, images, args.methods, params=params, targets=targets, seed=args.seed, background=background, progress=ProgressBar()
+    request = ExplainRequest.build(
+        opened.record(),
+        [ImageRef(im.name, im.sha256) for im in images],
+        args.methods,
+        params,
+        targets=targets,
+        seed=args.seed,
+        background=[ImageRef(im.name, im.sha256) for im in background],
     )
+    engine = Engine(adapter, {im.sha256: im for im in [*images, *background]})
+    comparison = engine.run(request, progress=ProgressBar())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -236,13 +268,13 @@ def cmd_explain(args) -> int:
                     "image_sha256": image.sha256,
                 }
             )
-    summary = {"model": dict(comparison.model), "versions": dict(comparison.versions), "results": rows}
+    summary = {"model": dict(comparison.model), "versions": dict(comparison.versions), "request": request.to_json(), "results": rows}
     if args.save:
         from . import store
 
         with store.RunStore() as run_store:
             image_bytes = [Path(p).read_bytes() for p in args.images]
-            run_id = run_store.save(comparison, model_bytes=model_bytes, image_bytes=image_bytes, model_name=adapter.name)
+            run_id = run_store.save(comparison, model_bytes=model_bytes, image_bytes=image_bytes, model_name=opened.filename)
         summary["run_id"] = run_id
         summary["share_link"] = store.share_link(run_id, base_path=args.base_path)
     if args.export:
@@ -369,6 +401,9 @@ def _maps_from(directory: str, images, methods: Sequence[str] | None):
 
 
 def cmd_evaluate(args) -> int:
+    from . import evaluations, workers
+    from .settings import get_settings
+
     import explainers
 
     from . import metrics
@@ -411,15 +446,17 @@ def cmd_evaluate(args) -> int:
         _, batch = model_inputs(adapter, images)
         predicted = adapter.predict(batch).argmax(axis=1)
         targets = [int(predicted[i]) if t is None else t for i, t in enumerate(targets)]
-        evaluation = metrics.evaluate(
-            adapter, batch, targets, maps, metric_names, params=metric_params, masks=masks,
-            image_names=[im.name for im in images], method_params=method_params, seed=args.seed, progress=progress,
+        evaluation = workers.call(  # the metrics run where the model lives: its worker
+            adapter, evaluations.evaluate_maps_in_worker, batch, targets, maps, metric_names, metric_params, masks,
+            [im.name for im in images], method_params, args.seed, progress=progress,
         )
     else:
         comparison = run_comparison(adapter, images, methods, params=method_params, seed=args.seed,
                                     progress=lambda f, m: progress(0.5 * f, m))
-        evaluation = metrics.evaluate_comparison(adapter, comparison, metric_names, params=metric_params, masks=masks,
-                                                 progress=lambda f, m: progress(0.5 + 0.5 * f, m))
+        evaluation = workers.call(
+            adapter, evaluations.evaluate_in_worker, comparison, metric_names, metric_params, masks, get_settings(),
+            progress=lambda f, m: progress(0.5 + 0.5 * f, m),
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps({"results": [r.row() for r in evaluation.results]}, indent=2))
@@ -655,6 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("WORKBENCH_LOG_LEVEL", "WARNING"))
+    # a stopped model worker is reported as the command's one error line; the server logs it as a warning
+    logging.getLogger("workbench.workers").setLevel(os.environ.get("WORKBENCH_LOG_LEVEL", "ERROR"))
     args = build_parser().parse_args(argv)
     try:
         check_environment()

@@ -102,11 +102,13 @@ def run(
 ) -> Any:
     """Compute the plan's metrics on the comparison's maps with its model, cache them and, when the
     comparison is saved, store them with the run. -> the :class:`workbench.metrics.Evaluation`."""
+    from . import workers
+
     started = time.perf_counter()
-    with record.adapter.lock:
-        evaluation = metrics.evaluate_comparison(
-            record.adapter, comparison, work.metrics, params=work.params, masks=masks, progress=progress, settings=settings
-        )
+    evaluation = workers.call(
+        record.adapter, evaluate_in_worker, comparison, tuple(work.metrics), dict(work.params), list(masks),
+        settings or get_settings(), progress=progress, doing=f"evaluating {', '.join(work.metrics)}",
+    )
     log.info("evaluated %s on %d image(s) of %s in %.2f s", ", ".join(work.metrics), len(comparison.images), record.name,
              time.perf_counter() - started)
     ws.evaluations.put(work.key, evaluation)
@@ -186,3 +188,17 @@ def mask_target(ws: session.Workspace, filename: str) -> str | None:
         if entry.name.rpartition(".")[0] == wanted or entry.name == wanted:
             return entry.id
     return None
+
+
+def evaluate_in_worker(adapter, comparison: Comparison, names, params, masks, settings: Settings, progress: Progress | None = None):
+    """The metrics on a comparison's maps, where the model lives (its worker): randomised copies included."""
+    return metrics.evaluate_comparison(adapter, comparison, list(names), params=params, masks=masks, progress=progress, settings=settings)
+
+
+def evaluate_maps_in_worker(adapter, batch, targets, maps, names, params, masks, image_names, method_params, seed: int,
+                            progress: Progress | None = None):
+    """The metrics on given maps (the CLI's ``evaluate --maps``), where the model lives."""
+    return metrics.evaluate(
+        adapter, batch, targets, maps, list(names), params=params, masks=masks, image_names=image_names,
+        method_params=method_params, seed=seed, progress=progress,
+    )

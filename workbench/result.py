@@ -52,6 +52,12 @@ class Attribution:
             object.__setattr__(self, "channels", c)
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
 
+    def __reduce__(self):
+        # params is a read-only mapping proxy, which does not pickle; results cross from a model's worker
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["params"] = dict(self.params)
+        return (_attribution, (values,))
+
     def summary(self) -> dict[str, Any]:
         """JSON-ready metadata (everything but the arrays)."""
         return {
@@ -82,6 +88,10 @@ class Attribution:
         values = {k: summary[k] for k in keys if k in summary}
         values["notes"] = tuple(values.get("notes", ()))
         return cls(map=map, channels=channels, **values)
+
+
+def _attribution(values: dict[str, Any]) -> Attribution:
+    return Attribution(**values)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -126,6 +136,7 @@ class Comparison:
     created: float  # unix time
     run_id: str | None = None
     owner: str | None = None
+    request: Any = None  # the workbench.engine.ExplainRequest it answers (its typed provenance); None for older runs
 
     def result(self, image_index: int, method: str) -> Attribution:
         return self.results[image_index][self.methods.index(method)]
@@ -139,6 +150,7 @@ class Comparison:
             "model": dict(self.model),
             "methods": list(self.methods),
             "versions": dict(self.versions),
+            "request": self.request.to_json() if self.request is not None else None,
             "images": [
                 {
                     "name": im.name,

@@ -15,7 +15,12 @@ view of it (:func:`configured`), and every model call holds the adapter's lock.
 Saving a comparison, reopening a share link and re-running a saved run are in
 :mod:`workbench.sharing`; the workspace only remembers which runs this session saved or read.
 
-Nothing here imports torch or tensorflow; :mod:`workbench.intake` does, when a model loads.
+Every model lives in a worker process of its own (:mod:`workbench.workers`): loading it, its
+test forward pass, layer tracing, predictions and explainers all run there, within the
+deployment's limits. Explaining goes through :mod:`workbench.engine`: one typed
+:class:`~workbench.engine.ExplainRequest` per model, planned and run by its engine.
+
+Nothing here imports torch or tensorflow.
 """
 
 from __future__ import annotations
@@ -24,20 +29,18 @@ import collections
 import dataclasses
 import functools
 import hashlib
-import json
 import logging
 import pathlib
 import threading
-import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from . import warmup
+from . import engine
 from .adapters.base import ModelAdapter
 from .errors import ParameterError, WorkbenchError
 from .images import LoadedImage, load_image
-from .result import Attribution, Comparison, ExplainedImage
+from .result import Attribution, Comparison
 from .settings import Settings, get_settings
 
 log = logging.getLogger("workbench.app")
@@ -61,18 +64,7 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def digest(value: Any) -> str:
-    """Stable content hash of a JSON-able value (dict keys sorted)."""
-    text = json.dumps(value, sort_keys=True, default=_json_default, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _json_default(value: Any):
-    if isinstance(value, (np.integer, np.floating, np.bool_)):
-        return value.item()
-    if isinstance(value, (tuple, set, frozenset)):
-        return list(value)
-    raise TypeError(f"not JSON-able: {type(value).__name__}")
+digest = engine.digest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +86,11 @@ class ModelKey:
 
 # ---------------------------------------------------------------------------- shared models
 def load_base(key: ModelKey, data: bytes | None) -> ModelAdapter:
-    """Parse and validate a model (the expensive, shareable part). Raises WorkbenchError subclasses."""
+    """Parse and validate a model in this process (what a model worker does). Raises WorkbenchError subclasses."""
     from . import intake
+    from .workers.limits import Limits, check_input_side
+
+    check_input_side(key.input_size, Limits.from_settings(), "The input size")
 
     if key.sha256.startswith("zoo:"):
         adapter = intake.load_zoo_model(key.sha256[4:])
@@ -112,13 +107,31 @@ def load_base(key: ModelKey, data: bytes | None) -> ModelAdapter:
     return adapter
 
 
+def load_in_worker(key: ModelKey, data: bytes | None) -> ModelAdapter:
+    """Load a model into a worker process of its own (a RemoteAdapter); in this process when the
+    operator turned workers off (WORKBENCH_MODEL_WORKERS=0). Raises WorkbenchError subclasses."""
+    if not get_settings().model_workers:
+        return load_base(key, data)
+    from . import workers
+
+    return workers.load(key, data)
+
+
+def start_workers() -> None:
+    """Have a warm spare model worker ready (frameworks imported, shap compiled) for the first load."""
+    if get_settings().model_workers:
+        from . import workers
+
+        workers.pool().ensure_spare()
+
+
 @functools.cache
 def _process_cache():
     import streamlit as st
 
     @st.cache_resource(max_entries=MAX_SHARED_MODELS, show_spinner=False)
     def shared_model(key_text: str, _key: ModelKey, _data: bytes | None) -> ModelAdapter:
-        return load_base(_key, _data)
+        return load_in_worker(_key, _data)
 
     return shared_model
 
@@ -163,12 +176,23 @@ class LoadedModel:
             self.adapter.set_resize_mode(self.resize)
         self.forward_seconds = None
 
+    def model_record(self) -> engine.ModelRecord:
+        """The model as an explain request records it: where it came from and how it was loaded."""
+        return engine.ModelRecord.of(
+            self.adapter,
+            source="zoo" if self.source == "zoo" else "file",
+            filename=self.key.filename,
+            architecture=self.key.architecture,
+            input_size=self.key.input_size,
+            labels=self.labels,
+            name=self.name,
+            device=self.key.device,
+        )
+
     @property
     def identity(self) -> str:
         """Everything that decides this model's outputs and labels, hashed: part of every result key."""
-        return digest(
-            [self.key.text, self.base.fingerprint, self.adapter.preset.name, list(self.adapter.labels), self.adapter.output_kind, self.adapter.resize_mode]
-        )
+        return digest([self.key.text, self.model_record().identity])
 
 
 @dataclasses.dataclass
@@ -422,9 +446,9 @@ def remove_model(ws: Workspace, model_id: str) -> None:
 def forward_seconds(record: LoadedModel) -> float:
     """Seconds of forward pass per image, measured once per model and preset: the base of every estimate."""
     if record.forward_seconds is None:
-        from .analysis import measure_forward_seconds
+        from . import workers
 
-        record.forward_seconds = measure_forward_seconds(record.adapter)
+        record.forward_seconds = float(workers.call(record.adapter, engine.measure_forward_seconds, doing="timing a forward pass"))
     return record.forward_seconds
 
 
@@ -596,15 +620,7 @@ def set_target(ws: Workspace, record: LoadedModel, entry: ImageEntry, klass: int
 # ---------------------------------------------------------------------------- explaining
 def normalised_params(methods: Sequence[str], params: Mapping[str, Mapping] | None, settings: Settings | None = None) -> dict[str, dict]:
     """Every method's parameters checked against its Params and this deployment's caps (ParameterError)."""
-    import explainers
-
-    settings = settings or get_settings()
-    out = {}
-    for name in methods:
-        if name not in explainers.REGISTRY:
-            raise ParameterError(f"Unknown method {name!r}; choose from {', '.join(explainers.REGISTRY)}.")
-        out[name] = explainers.REGISTRY[name].normalise_params(dict((params or {}).get(name) or {}), settings)
-    return out
+    return {m.name: m.values for m in engine.normalise_methods(methods, params, settings)}
 
 
 def params_for(record: LoadedModel, params: Mapping[str, Mapping]) -> dict[str, dict]:
@@ -626,49 +642,47 @@ def result_key(
     background: Sequence[str] = (),
 ) -> str:
     """Content hash of everything that decides one attribution (``background``: image ids, for methods that use one)."""
-    key = {"model": record.identity, "image": entry.id, "method": method, "params": dict(params), "target": klass, "seed": seed}
-    if background:
-        key["background"] = list(background)
-    return digest(key)
+    return engine.result_key(record.identity, entry.id, method, params, klass, seed, background)
 
 
-def _background_ids(method: str, background: Sequence[ImageEntry] | None) -> tuple[str, ...]:
-    import explainers
-
-    return tuple(e.id for e in background or ()) if explainers.REGISTRY[method].uses_background else ()
+Plan = engine.Plan
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """What a run would compute: the (image, method) pairs missing from the cache, and their estimated cost."""
+def request(
+    ws: Workspace,
+    record: LoadedModel,
+    entries: Sequence[ImageEntry],
+    methods: Sequence[str],
+    params: Mapping[str, Mapping] | None,
+    seed: int,
+    *,
+    background: Sequence[ImageEntry] | None = None,
+    settings: Settings | None = None,
+) -> engine.ExplainRequest:
+    """The typed request for these images and methods on this model, with this session's targets (ParameterError)."""
+    return engine.ExplainRequest.build(
+        record.model_record(),
+        [engine.ImageRef(e.name, e.id) for e in entries],
+        methods,
+        params,
+        targets=[target(ws, record, e) for e in entries],
+        seed=seed,
+        background=[engine.ImageRef(e.name, e.id) for e in background or ()],
+        settings=settings,
+        where=" on the Images page",
+    )
 
-    methods: tuple[str, ...]
-    params: Mapping[str, Mapping]
-    targets: tuple[int, ...]
-    missing: Mapping[str, tuple[int, ...]]  # method -> indexes of entries to compute
-    estimate: Mapping[str, Mapping[str, float]]  # method -> evaluations, seconds (for the missing images)
-    background: tuple[ImageEntry, ...] = ()
 
-    def key(self, record: LoadedModel, entry: ImageEntry, index: int, method: str, seed: int) -> str:
-        return result_key(
-            record, entry, method, self.params[method], self.targets[index], seed, _background_ids(method, self.background)
-        )
-
-    @property
-    def results_to_compute(self) -> int:
-        return sum(len(v) for v in self.missing.values())
-
-    @property
-    def cached(self) -> bool:
-        return not any(self.missing.values())
-
-    @property
-    def seconds(self) -> float:
-        return float(sum(e["seconds"] for e in self.estimate.values()))
-
-    @property
-    def evaluations(self) -> int:
-        return int(sum(e["evaluations"] for e in self.estimate.values()))
+def model_engine(ws: Workspace, record: LoadedModel, settings: Settings | None = None) -> engine.Engine:
+    """The engine for this session's view of a model: its cache of maps, images and forward time."""
+    return engine.Engine(
+        record.adapter,
+        {entry.id: entry.image for entry in ws.images.values()},
+        cache=ws.results,
+        pixels=lambda image: model_pixels_of(ws, record, image),
+        forward_seconds=lambda: forward_seconds(record),
+        settings=settings,
+    )
 
 
 def plan(
@@ -686,20 +700,8 @@ def plan(
 
     ``background``: images for the methods that use a background set (None: each method's default).
     """
-    from .analysis import check_request, estimate
-
-    settings = settings or get_settings()
-    check_request(len(entries), methods, settings, where=" on the Images page")
-    normal = normalised_params(methods, params, settings)
-    targets = tuple(target(ws, record, e) for e in entries)
-    work = Plan(tuple(methods), normal, targets, {}, {}, tuple(background or ()))
-    missing = {m: tuple(i for i, e in enumerate(entries) if work.key(record, e, i, m, seed) not in ws.results) for m in methods}
-    costs = {}
-    todo = [m for m in methods if missing[m]]
-    if todo:
-        per_method = estimate(record.adapter, todo, normal, 1, forward_seconds(record), background_size=len(work.background))
-        costs = {m: {k: v * len(missing[m]) for k, v in per_method[m].items()} for m in todo}
-    return dataclasses.replace(work, missing=missing, estimate=costs)
+    work = request(ws, record, entries, methods, params, seed, background=background, settings=settings)
+    return model_engine(ws, record, settings).plan(work)
 
 
 def run(
@@ -710,121 +712,41 @@ def run(
     seed: int,
     *,
     progress: Progress | None = None,
+    cancel: Callable[[], bool] | None = None,
     settings: Settings | None = None,
 ) -> Comparison:
-    """Compute what ``work`` found missing (one run_comparison per method), cache it, and assemble the comparison."""
-    from .analysis import run_comparison
-
-    todo = [m for m in work.methods if work.missing.get(m)]
-    weights = {m: max(work.estimate.get(m, {}).get("seconds", 0.0), 1e-3) for m in todo}
-    total = sum(weights.values()) or 1.0
-    done = 0.0
-    for method in todo:
-        indexes = work.missing[method]
-        subset = [entries[i] for i in indexes]
-
-        def report(fraction: float, message: str, _start=done, _weight=weights[method]) -> None:
-            if progress:
-                progress(min(1.0, (_start + fraction * _weight) / total), message)
-
-        if method in warmup.NEEDED_BY and not warmup.done.is_set():
-            report(0.0, "SHAP: waiting for shap's one-off kernel compile (once per server start)")
-            waited = warmup.wait_if_running()
-            if waited:
-                log.info("waited %.1f s for the shap warm-up", waited)
-        started = time.perf_counter()
-        with record.adapter.lock:
-            comparison = run_comparison(
-                record.adapter,
-                [e.image for e in subset],
-                [method],
-                params={method: work.params[method]},
-                targets=[work.targets[i] for i in indexes],
-                seed=seed,
-                background=[e.image for e in work.background] if _background_ids(method, work.background) else None,
-                progress=report,
-                settings=settings,
-            )
-        ws.explainer_runs += 1
-        log.info("%s on %d image(s) of %s in %.2f s", method, len(subset), record.name, time.perf_counter() - started)
-        for i, row in zip(indexes, comparison.results):
-            ws.results.put(work.key(record, entries[i], i, method, seed), row[0])
-        done += weights[method]
-    if progress:
-        progress(1.0, "done")
-    found = cached_comparison(ws, record, entries, work, seed)
-    assert found is not None
-    return found
+    """Compute what ``work`` found missing (in the model's worker), cache it, and assemble the comparison."""
+    runner = model_engine(ws, record, settings)
+    try:
+        return runner.run(work.request, progress, cancel, work=work)
+    finally:
+        ws.explainer_runs += runner.explainer_calls
 
 
 def comparison_key(record: LoadedModel, entries: Sequence[ImageEntry], work: Plan, seed: int) -> str:
     """Content hash of everything that decides a whole comparison: one saved run per key and session."""
-    keys = [[work.key(record, e, i, m, seed) for m in work.methods] for i, e in enumerate(entries)]
-    return digest({"results": keys, "model": record.identity})
+    return work.request.key
 
 
-def model_pixels(ws: Workspace, record: LoadedModel, entry: ImageEntry) -> np.ndarray:
+def model_pixels_of(ws: Workspace, record: LoadedModel, image: LoadedImage) -> np.ndarray:
     """The image resized to the model's input (for display under the maps), cached per size."""
     from .analysis import to_model_pixels
 
-    key = f"{record.adapter.input_size}/{record.adapter.resize_mode}/{entry.id}"
+    key = f"{record.adapter.input_size}/{record.adapter.resize_mode}/{image.sha256}"
     found = ws.pixels.get(key)
     if found is None:
-        found = to_model_pixels(record.adapter, entry.image)
+        found = to_model_pixels(record.adapter, image)
         ws.pixels.put(key, found)
     return found
 
 
+def model_pixels(ws: Workspace, record: LoadedModel, entry: ImageEntry) -> np.ndarray:
+    return model_pixels_of(ws, record, entry.image)
+
+
 def cached_comparison(ws: Workspace, record: LoadedModel, entries: Sequence[ImageEntry], work: Plan, seed: int) -> Comparison | None:
     """The comparison from cached results only; None when any pair is missing. Calls no explainer."""
-    from .analysis import original_pixels, placement_for
-
-    rows = []
-    for i, entry in enumerate(entries):
-        row = []
-        for method in work.methods:
-            found = ws.results.get(work.key(record, entry, i, method, seed))
-            if found is None:
-                return None
-            row.append(found)
-        rows.append(tuple(row))
-    adapter = record.adapter
-    labels = adapter.labels
-    images = tuple(
-        ExplainedImage(
-            name=e.name,
-            sha256=e.id,
-            pixels=model_pixels(ws, record, e),
-            target=work.targets[i],
-            target_label=labels[work.targets[i]],
-            notes=e.image.notes,
-            original=original_pixels(adapter, e.image),
-            placement=placement_for(adapter, e.image).as_dict(),
-        )
-        for i, e in enumerate(entries)
-    )
-    info = adapter.info()
-    model = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(info).items()}
-    model["name"] = record.name
-    # how to load the model again (a saved run's re-run), and the background set where a method used one
-    model["loaded_as"] = {
-        "source": record.source,
-        "filename": record.key.filename,
-        "architecture": record.key.architecture,
-        "input_size": list(record.key.input_size) if record.key.input_size else None,
-    }
-    background = sorted({b for m in work.methods for b in _background_ids(m, work.background)})
-    if background:
-        model["background_images"] = background
-    return Comparison(
-        model=model,
-        images=images,
-        methods=tuple(work.methods),
-        results=tuple(rows),
-        seed=seed,
-        versions=library_versions(),
-        created=time.time(),
-    )
+    return model_engine(ws, record).assemble(work.request)
 
 
 # ---------------------------------------------------------------------------- what the charts show
@@ -887,12 +809,9 @@ def npz_bytes(comparison: Comparison, image_index: int) -> bytes:
 
 
 # ---------------------------------------------------------------------------- environment
-@functools.cache
 def library_versions() -> dict[str, str]:
     """analysis.versions(), read once per process (package metadata does not change under a running app)."""
-    from .analysis import versions
-
-    return versions()
+    return engine.library_versions()
 
 
 def device_description(ws: Workspace | None = None) -> str:
@@ -911,9 +830,37 @@ def device_description(ws: Workspace | None = None) -> str:
 
 
 def settings_rows(settings: Settings | None = None) -> list[dict[str, Any]]:
+    from .workers.limits import Limits
+
     settings = settings or get_settings()
+    shown = {f.name: str(getattr(settings, f.name)) for f in dataclasses.fields(settings)}
+    if not settings.worker_memory_mb:
+        shown["worker_memory_mb"] = f"automatic: {Limits.from_settings(settings).memory_mb} MiB"
     return [
-        {"setting": f.name, "value": str(getattr(settings, f.name)), "environment variable": f"WORKBENCH_{f.name.upper()}"}
-        for f in dataclasses.fields(settings)
-        if f.name not in ("database_url",)
+        {"setting": name, "value": value, "environment variable": f"WORKBENCH_{name.upper()}"}
+        for name, value in shown.items()
+        if name not in ("database_url",)
     ]
+
+
+def worker_rows() -> list[dict[str, Any]]:
+    """The model worker processes of this server: pid, memory now and at most, what each holds."""
+    if not get_settings().model_workers:
+        return []
+    from .workers import pool
+    from .workers.limits import rss_bytes
+
+    rows = []
+    for worker, model in pool().worker_models():
+        used = rss_bytes(worker.pid)
+        rows.append(
+            {
+                "pid": worker.pid,
+                "model": model or "(warm spare)",
+                "memory (MiB)": round((used or 0) / 2**20),
+                "peak (MiB)": round(worker.peak_rss / 2**20),
+                "limit (MiB)": worker.limits.memory_mb,
+                "busy": worker.busy,
+            }
+        )
+    return rows

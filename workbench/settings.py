@@ -57,6 +57,12 @@ class Settings:
     @property
     def operator_emails(self) -> frozenset[str]:
         return frozenset(e.strip().lower() for e in self.operators.split(",") if e.strip())
+    # model workers: every loaded model lives in its own process, with these limits
+    model_workers: bool = True  # false: models load in the server process (debugging only; no limits)
+    worker_memory_mb: int = 0  # resident memory per model worker; 0: automatic (see workbench.workers.limits)
+    load_timeout_s: int = 60  # loading + the test forward pass + layer tracing
+    explain_timeout_s: int = 600  # one explain request (one method on a run's images)
+    max_model_workers: int = 4  # loaded models kept in workers at once; the least recently used one unloads
 
     @property
     def data_path(self) -> Path:
@@ -93,9 +99,18 @@ def load_settings(environ: dict | None = None) -> Settings:
     return Settings(**{k: _coerce(fields[k], v) for k, v in values.items() if k in fields})
 
 
+_fixed: Settings | None = None  # a model worker runs with the settings its server sent with the request
+
+
+def use_settings(settings: Settings | None) -> None:
+    """In a model worker: answer get_settings() with the server's settings (None: read them again)."""
+    global _fixed
+    _fixed = settings
+
+
 def get_settings() -> Settings:
     """Settings as of now (cheap; re-read so tests and operators can change the environment)."""
-    return load_settings()
+    return _fixed if _fixed is not None else load_settings()
 
 
 def check_environment(environ: dict | None = None) -> None:

@@ -21,6 +21,7 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from . import session
+from .engine import ExplainRequest, ImageRef
 from .errors import RunNotFound, WorkbenchError
 from .result import Comparison
 from .settings import Settings, get_settings
@@ -374,6 +375,29 @@ class Rerun:
     seed: int
     background: bool  # the run used the loaded images as background
     notes: tuple[str, ...] = ()
+    saved: ExplainRequest | None = None  # the request the run recorded (None: saved before requests were recorded)
+    request: ExplainRequest | None = None  # the same request on the model and images loaded back here
+
+
+def _how_loaded(comparison: Comparison) -> dict[str, Any]:
+    """How the run's model was loaded: from its typed request, else from the older ``loaded_as`` record."""
+    if comparison.request is not None:
+        m = comparison.request.model
+        return {"source": m.source, "filename": m.filename, "architecture": m.architecture, "input_size": m.input_size,
+                "preset": m.preset, "labels": m.labels, "fingerprint": m.fingerprint, "score": m.score,
+                "resize_mode": m.resize_mode}
+    model = dict(comparison.model)
+    loaded_as = dict(model.get("loaded_as") or {})
+    size = loaded_as.get("input_size")
+    return {
+        "source": loaded_as.get("source"),
+        "filename": str(loaded_as.get("filename") or model.get("name") or "model"),
+        "architecture": loaded_as.get("architecture"),
+        "input_size": tuple(size) if size else None,
+        "preset": model.get("preset"),
+        "labels": tuple(model["labels"]) if model.get("labels") else None,
+        "fingerprint": model.get("fingerprint"),
+    }
 
 
 def reload(
@@ -393,26 +417,28 @@ def reload(
     import model_zoo
 
     comparison = open_run(ws, run_id, store).comparison
-    model = dict(comparison.model)
-    loaded_as = dict(model.get("loaded_as") or {})
-    name = str(loaded_as.get("filename") or model.get("name") or "model")
+    how = _how_loaded(comparison)
+    name = how["filename"]
     notes = []
     data = store.model_bytes(run_id)
     if data is not None:
-        size = loaded_as.get("input_size")
         record = session.load_upload(
-            ws, data, name, architecture=loaded_as.get("architecture"), input_size=tuple(size) if size else None, loader=loader
+            ws, data, name, architecture=how["architecture"], input_size=how["input_size"], loader=loader
         )
     elif name in {entry.name for entry in model_zoo.entries()}:
         record = session.load_zoo(ws, name, loader=loader)
     else:
         raise WorkbenchError("This run was saved without its model file, so it can be viewed and exported but not re-run.")
-    if model.get("fingerprint") and record.adapter.fingerprint != model["fingerprint"]:
+    if how["fingerprint"] and record.adapter.fingerprint != how["fingerprint"]:
         notes.append(f"{record.name} is not the model file this run was computed with (its fingerprint differs); the maps may differ.")
-    if model.get("preset"):
-        session.set_preset(record, str(model["preset"]))
-    if model.get("labels"):
-        session.set_label_names(record, model["labels"], f"run {run_id[:12]}")
+    if how["preset"]:
+        session.set_preset(record, str(how["preset"]))
+    if how["labels"]:
+        session.set_label_names(record, how["labels"], f"run {run_id[:12]}")
+    if how.get("score"):
+        session.set_score(record, str(how["score"]))
+    if how.get("resize_mode"):
+        session.set_resize(record, str(how["resize_mode"]))
 
     images = store.image_bytes(run_id)
     if images is None or len(images) != len(comparison.images):
@@ -428,14 +454,24 @@ def reload(
     if len(methods) != len(comparison.methods):
         missing = ", ".join(m for m in comparison.methods if m not in explainers.REGISTRY)
         raise WorkbenchError(f"This deployment has no method {missing}, which the run used.")
-    params = {m: dict(comparison.results[0][j].params) for j, m in enumerate(methods)} if comparison.results else {}
-    background = bool(model.get("background_images"))
-    if background and len(ws.images) != len(model["background_images"]):
-        notes.append(
-            f"The run used {len(model['background_images'])} image(s) as background; the re-run uses the "
-            f"{len(ws.images)} loaded here."
+    saved = comparison.request
+    if saved is not None:
+        params = saved.params
+    else:
+        params = {m: dict(comparison.results[0][j].params) for j, m in enumerate(methods)} if comparison.results else {}
+    background = bool(saved.background) if saved is not None else bool(comparison.model.get("background_images"))
+    used = len(saved.background) if saved is not None else len(comparison.model.get("background_images") or ())
+    if background and len(ws.images) != used:
+        notes.append(f"The run used {used} image(s) as background; the re-run uses the {len(ws.images)} loaded here.")
+    again = None
+    if saved is not None:
+        again = dataclasses.replace(
+            saved,
+            model=record.model_record(),
+            images=tuple(ImageRef(e.name, e.id) for e in entries),
+            background=tuple(ImageRef(e.name, e.id) for e in ws.images.values()) if background else (),
         )
-    return Rerun(run_id, record, tuple(entries), methods, params, int(comparison.seed), background, tuple(notes))
+    return Rerun(run_id, record, tuple(entries), methods, params, int(comparison.seed), background, tuple(notes), saved, again)
 
 
 # ---------------------------------------------------------------------------- listing and retention

@@ -45,6 +45,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -62,6 +63,8 @@ import sqlalchemy as sa
 from .errors import ParameterError, RunNotFound, WorkbenchError
 from .result import Attribution, Comparison, ExplainedImage
 from .settings import Settings, get_settings
+
+log = logging.getLogger("workbench.store")
 
 try:  # POSIX; elsewhere a process-local lock stands in
     import fcntl
@@ -233,7 +236,26 @@ def _stored_names(summary: dict[str, Any]) -> dict[str, Any]:
     if isinstance(model.get("loaded_as"), Mapping) and model["loaded_as"].get("filename"):
         model["loaded_as"] = {**model["loaded_as"], "filename": base_name(model["loaded_as"]["filename"])}
     images = [{**item, "name": base_name(item["name"])} for item in summary.get("images", [])]
-    return {**summary, "model": model, "images": images}
+    stored = {**summary, "model": model, "images": images}
+    if isinstance(summary.get("request"), Mapping):  # the typed request says the same, by base names too
+        request = dict(summary["request"])
+        request["model"] = {**request["model"], "name": base_name(request["model"]["name"]),
+                            "filename": base_name(request["model"]["filename"])}
+        for key in ("images", "background"):
+            request[key] = [{**item, "name": base_name(item["name"])} for item in request.get(key) or ()]
+        stored["request"] = request
+    return stored
+def _request(data: Any):
+    """The run's typed request, or None for runs saved before requests were recorded (or unreadable)."""
+    if not data:
+        return None
+    from .engine import ExplainRequest
+
+    try:
+        return ExplainRequest.from_json(data)
+    except (KeyError, TypeError, ValueError):
+        log.warning("a stored run's request could not be read; it opens without one")
+        return None
 
 
 def _text(value: object, limit: int = _MAX_TEXT) -> str:
@@ -474,6 +496,7 @@ class RunStore:
             created=summary["created"],
             run_id=run_id,
             owner=summary.get("owner"),
+            request=_request(summary.get("request")),
         )
 
     def model_bytes(self, run_id: str) -> bytes | None:

@@ -49,6 +49,12 @@ class MetricResult:
     def __post_init__(self):
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
 
+    def __reduce__(self):
+        # params is a read-only mapping proxy, which does not pickle; scores cross from a model's worker
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["params"] = dict(self.params)
+        return (_rebuild, (type(self), values))
+
     def row(self) -> dict[str, Any]:
         """The ``metrics.json`` row: image, method, metric, value, params, curve, random_baseline, seconds, evaluations."""
         return {
@@ -336,3 +342,7 @@ def evaluate_comparison(
         progress=progress,
         settings=settings,
     )
+
+
+def _rebuild(cls, values):
+    return cls(**values)

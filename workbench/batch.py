@@ -126,7 +126,8 @@ class ChunkRunner:
             explainers.get(name)
         self.job = job
         m = job.model
-        self.adapter, _ = open_model(m.spec, architecture=m.architecture, preprocess=m.preprocess, labels_path=m.labels_path, device=m.device)
+        self.opened = open_model(m.spec, architecture=m.architecture, preprocess=m.preprocess, labels_path=m.labels_path, device=m.device)
+        self.adapter = self.opened.adapter
         self.target = resolve_target(job.target, self.adapter.labels)
         self.params = {name: explainers.REGISTRY[name].normalise_params(job.params.get(name)) for name in job.methods}
         self.evaluate = metric_evaluator(job.metrics, job.metric_params, seed=job.seed) if job.metrics else None
@@ -156,11 +157,16 @@ class ChunkRunner:
         return rows
 
     def _explain(self, loaded) -> list[dict[str, Any]]:
-        from .analysis import run_comparison
+        from .engine import Engine, ExplainRequest, ImageRef
 
         images = [image for _, image in loaded]
         targets = None if self.target is None else [self.target] * len(images)
-        comparison = run_comparison(self.adapter, images, self.job.methods, params=self.params, targets=targets, seed=self.job.seed)
+        # one typed request per chunk, with how the model was loaded, as ``explain`` builds it
+        request = ExplainRequest.build(
+            self.opened.record(), [ImageRef(im.name, im.sha256) for im in images], self.job.methods, self.params,
+            targets=targets, seed=self.job.seed,
+        )
+        comparison = Engine(self.adapter, {im.sha256: im for im in images}).run(request)
         metrics = self.evaluate(self.adapter, comparison, read_masks(loaded)) if self.evaluate else None
         rows = []
         for i, ((item, image), explained, results) in enumerate(zip(loaded, comparison.images, comparison.results)):

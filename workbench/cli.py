@@ -122,11 +122,6 @@ def parse_params(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict
     return params
 
 
-def softmax(rows: np.ndarray) -> np.ndarray:
-    z = rows - rows.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
 
 class ProgressBar:
     """A one-line progress bar on stderr when it is a terminal."""
@@ -189,13 +184,14 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    from .adapters.base import probabilities
     from .analysis import model_inputs
 
     adapter = open_model(args.model, architecture=args.architecture, preprocess=args.preprocess, labels_path=args.labels, device=args.device, score=args.score, resize=args.resize).adapter
     images = read_images(args.images, adapter.input_size[2])
     _, batch = model_inputs(adapter, images)
     outputs = adapter.predict(batch)
-    scores = outputs if adapter.output_kind == "probabilities" else softmax(outputs)
+    scores = probabilities(outputs, adapter.output_kind)
     labels = adapter.labels
     report = []
     for path, row in zip(args.images, scores):

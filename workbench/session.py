@@ -553,12 +553,9 @@ def predictions(ws: Workspace, record: LoadedModel, entries: Sequence[ImageEntry
 
 def display_probabilities(outputs: np.ndarray, output_kind: str) -> np.ndarray:
     """Probabilities for display: softmax of logits; probabilities as given."""
-    x = np.asarray(outputs, dtype=np.float64)
-    if output_kind == "probabilities":
-        return x
-    x = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(axis=-1, keepdims=True)
+    from .adapters.base import probabilities
+
+    return probabilities(outputs, output_kind)
 
 
 def top_predictions(ws: Workspace, record: LoadedModel, entry: ImageEntry, k: int = TOP_K) -> list[dict[str, Any]]:

@@ -303,6 +303,16 @@ def _last_block_first_norm(layers: Sequence[LayerInfo]) -> str | None:
 SCORES = ("logits", "probabilities")
 
 
+def probabilities(outputs: np.ndarray, output_kind: str) -> np.ndarray:
+    """The model's probabilities: the softmax of logits, or the outputs when they already are probabilities."""
+    x = np.asarray(outputs, dtype=np.float64)
+    if output_kind == "probabilities":
+        return x
+    x = x - x.max(axis=-1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
 def detect_output_kind(outputs: np.ndarray) -> str:
     rows = np.asarray(outputs, dtype=np.float64)
     if rows.size and np.all(rows >= -1e-6) and np.all(rows <= 1 + 1e-6) and np.allclose(rows.sum(axis=1), 1.0, atol=1e-3):

@@ -125,16 +125,6 @@ def names() -> list[str]:
 
 
 # ---------------------------------------------------------------------------- shared helpers
-def probabilities(outputs: np.ndarray, output_kind: str) -> np.ndarray:
-    """The model's probabilities: softmax of logits, or the outputs when they already are probabilities."""
-    x = np.asarray(outputs, dtype=np.float64)
-    if output_kind == "probabilities":
-        return x
-    x = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def fit_mask(mask: np.ndarray, shape: Sequence[int]) -> np.ndarray:
     """A bool mask at ``shape`` (H, W): any non-zero value is inside; resized by nearest neighbour."""
     m = np.asarray(mask)

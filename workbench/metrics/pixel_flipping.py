@@ -21,7 +21,8 @@ import numpy as np
 from explainers.base import Calls, Param
 from ..adapters.base import ModelAdapter
 from ..settings import get_settings
-from .base import Case, Metric, Progress, Score, probabilities, register
+from ..adapters.base import probabilities
+from .base import Case, Metric, Progress, Score, register
 
 STEPS = Param("steps", 20, int, "Equal parts the pixels are changed in; the curve has steps + 1 points.", minimum=2, maximum=1000)
 

@@ -94,7 +94,7 @@ if picked in spatial:
     if picked != current:
         layer_views.choose_cam_layer(record.id, picked)
         current = picked
-    st.caption(f"Grad-CAM, Grad-CAM++ and Score-CAM on Explain & compare use `{picked}` for {record.name}.")
+    st.caption(f"Grad-CAM, Grad-CAM++ and Score-CAM on Explain & compare use {controls.plain(picked)} for {controls.plain(record.name)}.")
 else:
     st.caption(f"`{picked}` has no spatial output, so it cannot be a CAM layer; CAM methods keep `{current}`.")
 
@@ -163,7 +163,7 @@ try:
 except WorkbenchError as error:
     st.error(str(error), icon=":material/block:")
     st.stop()
-st.caption(f"Top {fm.maps.shape[1]} channels of `{maps_layer}` on {entries[index].name}, one colour scale: {fm.vmin:.3g} … {fm.vmax:.3g}")
+st.caption(f"Top {fm.maps.shape[1]} channels of {controls.plain(maps_layer)} on {controls.plain(entries[index].name)}, one colour scale: {fm.vmin:.3g} … {fm.vmax:.3g}")
 st.image(inspection.colour_bar(fm.vmin, fm.vmax), caption=f"{fm.vmin:.3g}  →  {fm.vmax:.3g}", width=256)
 per_row = 8
 for start in range(0, fm.maps.shape[1], per_row):

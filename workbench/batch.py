@@ -117,7 +117,7 @@ class ChunkRunner:
     def __init__(self, job: BatchJob):
         import explainers
 
-        from .cli import open_model  # the same loading path as ``explain``
+        from .cli import open_model, resolve_target  # the same loading path and target rule as ``explain``
 
         # this process (a pool worker or a Ray actor) is itself the model's worker: load in it, not in another
         os.environ["WORKBENCH_MODEL_WORKERS"] = "0"
@@ -224,17 +224,6 @@ def read_masks(loaded) -> list[np.ndarray | None]:
         except WorkbenchError:
             masks.append(None)
     return masks
-
-
-def resolve_target(target: str | None, labels: Sequence[str]) -> int | None:
-    if target is None or str(target) == "predicted":
-        return None
-    text = str(target)
-    if text.lstrip("-").isdigit() and 0 <= int(text) < len(labels):
-        return int(text)
-    if text in labels:
-        return list(labels).index(text)
-    raise ParameterError(f"--target {text!r} is not 'predicted', a class index (0..{len(labels) - 1}) or a label of this model.")
 
 
 def failure_row(item: Mapping[str, str], reason: str) -> dict[str, Any]:

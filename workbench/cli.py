@@ -141,6 +141,18 @@ class ProgressBar:
         self.stream.flush()
 
 
+def resolve_target(target: str | None, labels: Sequence[str]) -> int | None:
+    """``--target``: None or "predicted" (each image's predicted class), a class index or a label."""
+    if target is None or str(target) == "predicted":
+        return None
+    text = str(target)
+    if text.lstrip("-").isdigit() and 0 <= int(text) < len(labels):
+        return int(text)
+    if text in labels:
+        return list(labels).index(text)
+    raise ParameterError(f"--target {text!r} is not 'predicted', a class index (0..{len(labels) - 1}) or a label of this model.")
+
+
 # ---------------------------------------------------------------------------- commands
 def cmd_inspect(args) -> int:
     adapter = open_model(args.model, architecture=args.architecture, preprocess=args.preprocess, labels_path=args.labels, device=args.device, score=args.score, resize=args.resize).adapter
@@ -224,13 +236,8 @@ def cmd_explain(args) -> int:
     model_bytes = opened.data
     images = read_images(args.images, adapter.input_size[2])
     background = read_images(args.background, adapter.input_size[2]) if args.background else []
-    targets = None
-    if args.target is not None:
-        labels = adapter.labels
-        target = int(args.target) if str(args.target).lstrip("-").isdigit() else (labels.index(args.target) if args.target in labels else None)
-        if target is None or not 0 <= target < adapter.num_classes:
-            raise ParameterError(f"--target {args.target!r} is not a class index or label of this model.")
-        targets = [target] * len(images)
+    target = resolve_target(args.target, adapter.labels)
+    targets = None if target is None else [target] * len(images)
     request = ExplainRequest.build(
         opened.record(),
         [ImageRef(im.name, im.sha256) for im in images],
@@ -515,13 +522,8 @@ def cmd_layers(args) -> int:
     adapter, _ = open_model(args.model, architecture=args.architecture, preprocess=args.preprocess, labels_path=args.labels, device=args.device)
     images = read_images(args.images, adapter.input_size[2])
     _, batch = model_inputs(adapter, images)
-    targets = None
-    if args.target is not None:
-        labels = adapter.labels
-        target = int(args.target) if str(args.target).lstrip("-").isdigit() else (labels.index(args.target) if args.target in labels else None)
-        if target is None or not 0 <= target < adapter.num_classes:
-            raise ParameterError(f"--target {args.target!r} is not a class index or label of this model.")
-        targets = [target] * len(images)
+    target = resolve_target(args.target, adapter.labels)
+    targets = None if target is None else [target] * len(images)
     report = layer_report(adapter, batch, targets)
     names = [image.name for image in images]
     if args.json:

@@ -426,16 +426,6 @@ def check_keras_h5(data: bytes, filename: str) -> None:
 
 
 # ====================================================================== ONNX checks
-def _onnx_graphs(graph):
-    yield graph
-    for node in graph.node:
-        for attribute in node.attribute:
-            if attribute.HasField("g"):
-                yield from _onnx_graphs(attribute.g)
-            for subgraph in attribute.graphs:
-                yield from _onnx_graphs(subgraph)
-
-
 def _onnx_tensors(graph):
     yield from graph.initializer
     for sparse in graph.sparse_initializer:
@@ -469,7 +459,7 @@ def check_onnx(proto, filename: str) -> None:
             f"{filename} defines its own ONNX functions ({proto.functions[0].name}); export the model with the "
             "standard opset only (torch.onnx.export(model, x, 'model.onnx', dynamo=False))."
         )
-    for graph in _onnx_graphs(proto.graph):
+    for graph in size_checks.onnx_graphs(proto.graph):
         for node in graph.node:
             if node.domain not in _ONNX_DOMAINS:
                 raise UnsupportedFormat(

@@ -74,14 +74,15 @@ def input_tensor(size: Sequence[int]) -> TensorSize:
 
 
 # ====================================================================== ONNX
-def _graphs(graph):
+def onnx_graphs(graph):
+    """The graph and every subgraph (If/Loop/Scan bodies) inside it."""
     yield graph
     for node in graph.node:
         for attribute in node.attribute:
             if attribute.HasField("g"):
-                yield from _graphs(attribute.g)
+                yield from onnx_graphs(attribute.g)
             for subgraph in attribute.graphs:
-                yield from _graphs(subgraph)
+                yield from onnx_graphs(subgraph)
 
 
 def _itemsize(elem_type: int) -> int:
@@ -188,7 +189,7 @@ def onnx_tensor_sizes(proto, *, layout: str, size: Sequence[int]) -> Iterator[Te
     from onnx import shape_inference
 
     stored = set()  # weights and constants whose values are in the file
-    for graph in _graphs(proto.graph):
+    for graph in onnx_graphs(proto.graph):
         for tensor in graph.initializer:
             stored.add(tensor.name)
             yield from _declared(tensor.name, "initializer", tensor)
@@ -211,8 +212,8 @@ def onnx_tensor_sizes(proto, *, layout: str, size: Sequence[int]) -> Iterator[Te
         )
     except Exception:  # noqa: BLE001 - a graph ONNX cannot infer: the declared sizes above are all we know
         return
-    producers = {output: node.op_type for graph in _graphs(inferred.graph) for node in graph.node for output in node.output}
-    for graph in _graphs(inferred.graph):
+    producers = {output: node.op_type for graph in onnx_graphs(inferred.graph) for node in graph.node for output in node.output}
+    for graph in onnx_graphs(inferred.graph):
         for value in [*graph.input, *graph.value_info, *graph.output]:
             if value.name in stored:
                 continue

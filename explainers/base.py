@@ -104,6 +104,17 @@ def weighted_sum(weights: np.ndarray, stack: np.ndarray) -> np.ndarray:
     return total.reshape(view.shape[1:]).transpose(*np.argsort(order))
 
 
+def checked_targets(targets: Sequence[int], n_images: int, num_classes: int) -> list[int]:
+    """One class index per image, each a class of the model (ParameterError otherwise)."""
+    targets = [int(t) for t in targets]
+    if len(targets) != n_images:
+        raise ParameterError(f"Got {len(targets)} targets for {n_images} images; give one per image.")
+    bad = [t for t in targets if not 0 <= t < num_classes]
+    if bad:
+        raise ParameterError(f"Target {bad[0]} is not a class of this model (0..{num_classes - 1}).")
+    return targets
+
+
 class Calls:
     """The adapter's primitives, chunked within a memory budget, counted, with back-off on out-of-memory.
 
@@ -267,12 +278,7 @@ class Explainer:
             predictions = calls.predict(batch)
             refuse_non_finite(adapter, batch, predictions)  # traces the layers only when a score is NaN/Inf
             targets = predictions.argmax(axis=1)
-        targets = [int(t) for t in targets]
-        if len(targets) != len(batch):
-            raise ParameterError(f"Got {len(targets)} targets for {len(batch)} images; give one per image.")
-        bad = [t for t in targets if not 0 <= t < adapter.num_classes]
-        if bad:
-            raise ParameterError(f"Target {bad[0]} is not a class of this model (0..{adapter.num_classes - 1}).")
+        targets = checked_targets(targets, len(batch), adapter.num_classes)
         partials = self._attribute(calls, batch, targets, p, seed, background, progress or (lambda f, m: None))
         # scores of the explained targets, in one extra forward unless the method already has them
         missing = [i for i, part in enumerate(partials) if part.target_score is None]

@@ -138,12 +138,9 @@ def layer_report(adapter: ModelAdapter, batch: np.ndarray, targets: Sequence[int
     if batch.ndim != 4 or len(batch) == 0:
         raise ParameterError("Give at least one image to inspect.")
     if targets is not None:
-        targets = [int(t) for t in targets]
-        if len(targets) != len(batch):
-            raise ParameterError(f"Got {len(targets)} targets for {len(batch)} images; give one per image.")
-        bad = [t for t in targets if not 0 <= t < adapter.num_classes]
-        if bad:
-            raise ParameterError(f"Target {bad[0]} is not a class of this model (0..{adapter.num_classes - 1}).")
+        from explainers.base import checked_targets
+
+        targets = checked_targets(targets, len(batch), adapter.num_classes)
     passed = adapter.layer_statistics(batch, targets, gradients=gradients)
     infos = {layer.name: layer for layer in adapter.layers()}
     kinds = {name: info.kind for name, info in infos.items()}

@@ -160,7 +160,11 @@ class RunRecord:
 
 
 def new_run_id() -> str:
-    return secrets.token_urlsafe(_ID_BYTES)
+    # never a leading "-": the id is a command-line argument too (``export RUN_ID``), where one reads as an option
+    while True:
+        run_id = secrets.token_urlsafe(_ID_BYTES)
+        if not run_id.startswith("-"):
+            return run_id
 
 
 def is_valid_run_id(run_id: object) -> bool:

@@ -129,6 +129,51 @@ def test_evaluate_section_table_curves_mask_saved_and_reopened_without_computing
     assert {"Deletion AUC", "Insertion AUC", "Randomisation: ρ with the original map"} <= set(chart_titles(other))
 
 
+def test_an_evaluation_comes_back_with_its_workspace_after_a_reload(explain_calls, evaluate_calls):
+    """A reload (a new session with the same ``?ws=``) shows the evaluation computed before it, computing nothing."""
+    cheap = ["sparseness", "complexity"]  # computed from the maps alone: no model passes
+    titles = [metrics.REGISTRY[m].title for m in cheap]
+
+    def scores(at: AppTest):
+        [frame] = [d.value for d in at.dataframe if "method" in d.value.columns and titles[0] in d.value.columns]
+        return frame
+
+    sample = model_zoo.samples()[0]
+    at = ok(AppTest.from_file(APP, default_timeout=TIMEOUT).run())
+    workspace_id = at.query_params["ws"]
+    ok(at.switch_page("pages/models.py").run())
+    at.selectbox(key="models_zoo").set_value("shapes-cnn-torch")
+    ok(at.button(key="models_zoo_load").click().run())
+    ok(at.switch_page("pages/images.py").run())
+    at.multiselect(key="images_samples").set_value([sample.name]).run()
+    ok(at.button(key="images_add_samples").click().run())
+    ok(at.switch_page("pages/explain.py").run())
+    at.multiselect(key="explain_methods").set_value(["gradcam", "saliency"]).run()
+    ok(at.button(key="explain_run").click().run())
+    at.multiselect(key="explain_metrics").set_value(cheap).run()
+    ok(at.button(key="explain_evaluate").click().run())
+    assert len(evaluate_calls) == 1
+    before = scores(at)
+    assert list(before["method"]) == ["Grad-CAM", "Saliency", "random map (baseline)"]
+    ok(at.switch_page("pages/about.py").run())  # the next run stores what changed
+    assert at.query_params["ws"] == workspace_id
+
+    explain_calls.calls = 0
+    again = AppTest.from_file(APP, default_timeout=TIMEOUT)  # the reload: a new session, the same URL
+    again.query_params["ws"] = workspace_id
+    ok(again.run())
+    assert len(again.session_state["workspace"].evaluations._items) == 1
+    ok(again.switch_page("pages/explain.py").run())
+    again.multiselect(key="explain_methods").set_value(["gradcam", "saliency"]).run()
+    ok(again.multiselect(key="explain_metrics").set_value(cheap).run())
+    assert "explain_evaluate" not in [b.key for b in again.button], "the stored evaluation is shown: nothing to run"
+    assert len(evaluate_calls) == 1 and explain_calls.calls == 0
+    after = scores(again)
+    assert list(after["method"]) == list(before["method"])
+    for title in titles:
+        np.testing.assert_allclose(after[title].to_numpy(float), before[title].to_numpy(float))
+
+
 def _png(array: np.ndarray) -> bytes:
     from PIL import Image
 

@@ -619,10 +619,17 @@ def test_a_workspace_is_kept_until_cleanup_and_opens_only_for_its_owner(store):
     ws = session.Workspace()
     entry = session.add_image(ws, png_bytes(4), "mine.png")
     ws.left_out = {entry.id}
+    from workbench import metrics
+
+    maps = {"saliency": np.random.default_rng(4).random((1, 8, 8)).astype(np.float32)}
+    evaluation = metrics.evaluate(None, entry.image.pixels[None, :8, :8], [0], maps, ["sparseness", "complexity"], image_names=["mine.png"])
+    ws.evaluations.put("evaluation-key", evaluation)
     workspace_id = workspaces.new_id()
     workspaces.save(store, workspace_id, ws, "ada@example.org")
     restored, notes = workspaces.load(store, workspace_id, "ada@example.org")
     assert notes == [] and list(restored.images) == [entry.id] and restored.left_out == {entry.id}
+    assert restored.evaluations.get("evaluation-key").to_dict() == evaluation.to_dict(), "the evaluation comes back"
+    assert workspaces.fingerprint(restored) == workspaces.fingerprint(ws)
     assert np.array_equal(restored.images[entry.id].image.pixels, entry.image.pixels)
     assert workspaces.load(store, workspace_id, "eve@example.org") is None, "another user's workspace"
     assert workspaces.load(store, workspace_id, None) is None

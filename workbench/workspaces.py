@@ -3,8 +3,9 @@
 The app puts a workspace id (a 192-bit token, like a run id) in the page's URL (``?ws=<id>``) and
 saves the workspace whenever it changed: the loaded models (an upload's bytes, a zoo model's name,
 the preset and labels), the images (their decoded pixels and fingerprints, never the raw upload),
-the chosen targets, and every computed map in the session's cache. Opening the URL again rebuilds
-the same workspace, so the same maps are found by the same keys and nothing is computed again.
+the chosen targets, every computed map in the session's cache and every evaluation computed on the
+Evaluate section. Opening the URL again rebuilds the same workspace, so the same maps and metrics are
+found by the same keys and nothing is computed again.
 With sign-in on, a workspace opens only for the user who saved it. Cleanup deletes workspaces not
 saved for ``WORKBENCH_RETENTION_DAYS``, like old runs.
 
@@ -46,9 +47,13 @@ def _array(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
+def _entries(cache: session.BoundedCache) -> list[tuple[str, Any]]:
+    with cache._lock:  # oldest first, so a restore keeps the same least-recently-used order
+        return [(key, value) for key, (value, _) in cache._items.items()]
+
+
 def _results(ws: session.Workspace) -> list[tuple[str, Attribution]]:
-    with ws.results._lock:  # oldest first, so a restore keeps the same least-recently-used order
-        return [(key, value) for key, (value, _) in ws.results._items.items()]
+    return _entries(ws.results)
 
 
 def fingerprint(ws: session.Workspace) -> str:
@@ -61,6 +66,7 @@ def fingerprint(ws: session.Workspace) -> str:
             sorted(f"{a}|{b}|{c}" for (a, b), c in ws.targets.items()),
             sorted(ws.left_out),
             [key for key, _ in _results(ws)],
+            [key for key, _ in _entries(ws.evaluations)],
             sorted(ws.saved.items()),
         ]
     )
@@ -100,6 +106,8 @@ def snapshot(ws: session.Workspace) -> tuple[dict[str, Any], dict[str, bytes]]:
         "left_out": sorted(ws.left_out),
         "results": results,
         "saved": dict(ws.saved),
+        # metrics.Evaluation as plain JSON (small: numbers and curves of a few dozen points)
+        "evaluations": [{"key": key, "evaluation": evaluation.to_dict()} for key, evaluation in _entries(ws.evaluations)],
     }
     return state, blobs
 
@@ -143,6 +151,11 @@ def restore(
         channels = _array(blobs[f"channels/{n}"]) if f"channels/{n}" in blobs else None
         ws.results.put(item["key"], Attribution.from_summary(item["summary"], _array(blobs[f"map/{n}"]), channels))
     ws.saved = dict(state.get("saved", {}))
+    if state.get("evaluations"):
+        from . import metrics
+
+        for item in state["evaluations"]:
+            ws.evaluations.put(item["key"], metrics.Evaluation.from_dict(item["evaluation"]))
     return ws, notes
 
 

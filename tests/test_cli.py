@@ -194,3 +194,16 @@ def test_a_data_directory_that_is_a_file_is_one_line(capsys, tmp_path, monkeypat
     assert "is a file, not a folder" in line and "WORKBENCH_DATA_DIR" in line
     line = one_line_refusal(*run_cli(capsys, "cleanup", "--days", "3")[::2])
     assert "is a file, not a folder" in line
+
+
+def test_progress_bars_write_to_the_stderr_of_the_moment(monkeypatch):
+    """Not to the one there was when the module was imported: a test's captured stream (closed since) made a later
+    command fail with 'I/O operation on closed file' depending on which test imported the CLI first."""
+    import io
+
+    from workbench.batch import ProgressLine
+    from workbench.cli import ProgressBar
+
+    replaced = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", replaced)
+    assert ProgressBar().stream is replaced and ProgressLine().stream is replaced

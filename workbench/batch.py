@@ -489,9 +489,10 @@ def summarise(rows: Sequence[dict[str, Any]], job: BatchJob, *, seconds: float, 
 class ProgressLine:
     """``[####    ] 40/100 images, 3.1 img/s, ETA 19 s`` on stderr (a terminal), or nothing."""
 
-    def __init__(self, stream=sys.stderr, width: int = 30):
-        self.stream, self.width = stream, width
-        self.enabled = hasattr(stream, "isatty") and stream.isatty()
+    def __init__(self, stream=None, width: int = 30):
+        # sys.stderr when called, not when this module was imported: it may have been replaced since (and closed)
+        self.stream, self.width = sys.stderr if stream is None else stream, width
+        self.enabled = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.first: int | None = None
 
     def __call__(self, done: int, total: int, seconds: float) -> None:

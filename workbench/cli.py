@@ -126,8 +126,9 @@ def parse_params(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict
 class ProgressBar:
     """A one-line progress bar on stderr when it is a terminal."""
 
-    def __init__(self, stream=sys.stderr, width: int = 30):
-        self.stream = stream
+    def __init__(self, stream=None, width: int = 30):
+        # sys.stderr when called, not when this module was imported: it may have been replaced since (and closed)
+        self.stream = sys.stderr if stream is None else stream
         self.width = width
         self.enabled = hasattr(stream, "isatty") and stream.isatty()
 

@@ -149,8 +149,7 @@ COLORBAR_PX = 12  # the colour bar's height under each map, in display pixels
 
 def value_range(result: Attribution, display: Display, scale: float | None) -> str:
     """The values the colour bar spans: the cell's scale (the per-map one when None), signed or not."""
-    s = scale if scale and scale > 0 else render.scale_of(result.map, result.signed, display.positive_only)
-    return f"−{s:.3g} … 0 … +{s:.3g}" if result.signed and not display.positive_only else f"0 … {s:.3g}"
+    return render.colour_scale(result.map, result.signed, scale=scale, positive_only=display.positive_only).label()
 
 
 def picture(pixels, result: Attribution, display: Display, scale: float | None) -> np.ndarray:
@@ -176,6 +175,8 @@ def _map_picture(pixels, result: Attribution, display: Display, scale: float | N
         image = (render.colormap(values, cmap, signed) * 255).round().astype(np.uint8)
     else:
         pixels, shown = pixels.display(result.map) if isinstance(pixels, ExplainedImage) else (pixels, result.map)
+        # the map's own scale, not the resampled one's: the colour bar's values are the ones drawn
+        scale = render.colour_scale(result.map, result.signed, scale=scale, positive_only=display.positive_only).scale
         image = render.overlay(
             pixels, shown, signed=result.signed, cmap=cmap, alpha=display.opacity, scale=scale,
             positive_only=display.positive_only,
@@ -184,13 +185,8 @@ def _map_picture(pixels, result: Attribution, display: Display, scale: float | N
 
 
 def scales(grid: Sequence[Sequence[Attribution]], display: Display) -> list[list[float | None]]:
-    """The value that maps to full colour, per cell, under the chosen normalisation."""
-    if display.normalise == "image":
-        return [[render.shared_scale(row, display.positive_only)] * len(row) for row in grid]
-    if display.normalise == "method" and grid:
-        per_column = [render.shared_scale([row[j] for row in grid], display.positive_only) for j in range(len(grid[0]))]
-        return [list(per_column) for _ in grid]
-    return [[None] * len(row) for row in grid]
+    """The value that maps to full colour, per cell, under the chosen normalisation (as the exports draw it)."""
+    return render.grid_scales(grid, display.normalise, display.positive_only)
 
 
 def grid(
@@ -328,8 +324,10 @@ def share_panel(comparison: Comparison, display: Display, *, scope: str, evaluat
         comparison,
         share_url=sharing.link(comparison.run_id),
         alpha=display.opacity,
-        shared_scale=display.normalise == "image",
+        normalise=display.normalise,
         positive_only=display.positive_only,
+        cmap=display.cmap,
+        diverging=display.diverging,
         evaluation=evaluation,
     )
     columns = st.columns(len(items) + 1)

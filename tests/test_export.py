@@ -13,10 +13,12 @@ import pytest
 from PIL import Image
 
 from test_store import make_comparison
-from workbench import render
+from workbench import export, render
 from workbench.agreement import agreement_matrix
 from workbench.errors import ParameterError
 from workbench.export import (
+    COLOUR_BAR,
+    PNG_SCALES_KEY,
     attributions_npz,
     grid_layout,
     grid_png,
@@ -58,11 +60,20 @@ def test_grid_options_change_the_overlays():
     plain = decode(grid_png(comparison))
     x, y = layout.origin(0, 1)
     h, w = layout.cell_size
-    for options in ({"cmap": "viridis"}, {"alpha": 0.9}, {"shared_scale": True}, {"positive_only": True}):
+    gradcam_x, _ = layout.origin(0, 3)  # unsigned: drawn with ``cmap``; columns 1 and 2 are signed
+    for options, column_x in (
+        ({"diverging": "coolwarm"}, x), ({"cmap": "inferno"}, gradcam_x), ({"alpha": 0.9}, x), ({"normalise": "image"}, x),
+        ({"normalise": "method"}, x), ({"positive_only": True}, x),
+    ):
         other = decode(grid_png(comparison, **options))
         assert other.shape == plain.shape
-        assert not np.array_equal(other[y : y + h, x : x + w], plain[y : y + h, x : x + w]), options
-    shared = decode(grid_png(comparison, shared_scale=True))
+        cells = [(layout.origin(row, 0)[1], column_x) for row in range(layout.rows)]  # a shared scale leaves its largest map as it was
+        assert any(not np.array_equal(other[cy : cy + h, cx : cx + w], plain[cy : cy + h, cx : cx + w]) for cy, cx in cells), options
+    assert np.array_equal(decode(grid_png(comparison, cmap="inferno"))[y : y + h, x : x + w], plain[y : y + h, x : x + w]), \
+        "cmap colours unsigned maps only"
+    with pytest.raises(ParameterError):
+        grid_png(comparison, normalise="everything")
+    shared = decode(grid_png(comparison, normalise="image"))
     scale = render.shared_scale(comparison.results[0])
     image, attribution = comparison.images[0], comparison.results[0][0]
     s = layout.scale
@@ -76,9 +87,119 @@ def test_grid_labels_are_drawn():
     x, _ = layout.origin(0, 1)
     header = grid[: layout.origin(0, 0)[1], x : x + layout.cell_size[1]]
     assert (header < 128).any()  # dark text on white: the method name
-    _, y = layout.origin(0, 0)
-    caption = grid[y + layout.cell_size[0] : y + layout.cell_size[0] + 20]
+    y = layout.caption_y(0)
+    caption = grid[y : y + 20]
     assert (caption < 160).any()
+
+
+# --------------------------------------------------------------------------- colour bars, as on the page
+def own_scale(attribution_map: np.ndarray, signed: bool) -> float:
+    """The value drawn at full colour, worked out here: the 98th percentile of |value| (of the positive part
+    for unsigned maps), as captum's visualize_image_attr saturates the top 2 %."""
+    values = np.abs(attribution_map if signed else np.maximum(attribution_map, 0)).astype(np.float64).ravel()
+    return float(np.percentile(values[values > 0], 98))
+
+
+def png_scales(png: bytes) -> list[list[dict]]:
+    with Image.open(io.BytesIO(png)) as im:
+        return json.loads(im.text[PNG_SCALES_KEY])["rows"]
+
+
+@pytest.mark.parametrize("size", [(12, 10), (60, 8)])  # the second: cells narrower than a colour bar
+def test_every_map_in_the_grid_has_the_pages_colour_bar_and_its_values(size):
+    comparison = make_comparison(11, n_images=2, size=size)
+    png = grid_png(comparison)
+    grid, layout = decode(png), grid_layout(comparison)
+    h, w = layout.cell_size
+    bar_w = layout.column_width
+    assert bar_w == max(w, 128)
+    rows = png_scales(png)
+    assert len(rows) == 2 and all(len(row) == 3 for row in rows)
+    for i, results in enumerate(comparison.results):
+        for j, attribution in enumerate(results, start=1):
+            wanted_cmap = "RdBu_r" if attribution.signed else "viridis"  # the page's defaults
+            x, y = layout.bar_origin(i, j)
+            bar = grid[y : y + COLOUR_BAR, x : x + bar_w]
+            assert np.array_equal(bar, render.colorbar(bar_w, wanted_cmap, attribution.signed, COLOUR_BAR)), (i, j)
+            s = own_scale(attribution.map, attribution.signed)
+            key = rows[i][j - 1]
+            assert key["method"] == attribution.method and key["cmap"] == wanted_cmap and key["signed"] == attribution.signed
+            assert key["high"] == pytest.approx(s, rel=1e-5)
+            assert key["low"] == (pytest.approx(-s, rel=1e-5) if attribution.signed else 0.0)
+            if attribution.signed:  # diverging around 0: the bar's middle is RdBu_r's near-white centre
+                assert (bar[0, bar_w // 2].astype(int) > 235).all() and bar[0, 0, 2] > bar[0, 0, 0] and bar[0, -1, 0] > bar[0, -1, 2]
+            else:  # viridis: dark purple at 0, yellow at the top
+                assert bar[0, 0].tolist() == [68, 1, 84] and bar[0, -1, 0] > 240 and bar[0, -1, 1] > 220
+            labels = grid[y + COLOUR_BAR + 1 : y + COLOUR_BAR + 1 + 2 * export.LINE, x : x + bar_w]
+            assert (labels < 128).any(), "the values and the colormap's name are written under the bar"
+            # the overlay is drawn on the scale the bar gives, at the page's default opacity
+            cx, cy = layout.origin(i, j)
+            expected = render.overlay(comparison.images[i].pixels, attribution.map, signed=attribution.signed, cmap=wanted_cmap,
+                                      alpha=0.7, scale=key["high"])
+            assert np.array_equal(grid[cy : cy + h : layout.scale, cx : cx + w : layout.scale], expected)
+    assert render.DEFAULT_OPACITY == 0.7
+
+
+@pytest.mark.parametrize("normalise", ["image", "method"])
+def test_shared_colour_scales_are_what_the_bars_say(normalise):
+    comparison = make_comparison(12, n_images=3)
+    rows = png_scales(grid_png(comparison, normalise=normalise))
+    for i, results in enumerate(comparison.results):
+        for j, attribution in enumerate(results):
+            if normalise == "image":
+                s = max(own_scale(r.map, r.signed) for r in results)
+            else:
+                s = max(own_scale(row[j].map, row[j].signed) for row in comparison.results)
+            assert rows[i][j]["high"] == pytest.approx(s, rel=1e-5), (i, j)
+    positive = png_scales(grid_png(comparison, positive_only=True, cmap="inferno"))
+    assert {(c["cmap"], c["signed"], c["low"]) for row in positive for c in row} == {("inferno", False, 0.0)}
+
+
+def test_html_report_shows_each_maps_colour_bar_with_its_colormap_and_values():
+    comparison = make_comparison(13, n_images=2)
+    page = html_report(comparison)
+    assert "opacity 0.7" in page and "each map on its own colour scale" in page
+    table = page.split("<h3>Colour scales</h3>", 1)[1].split("</table>", 1)[0]
+    cells = re.findall(r'<img class="bar" alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)">'
+                       r'<code class="cmap">([^<]+)</code> <span class="range">([^<]+)</span>', table)
+    assert len(cells) == 2 * 3
+    import base64
+
+    for (bar, cmap, shown), attribution in zip(cells, [a for row in comparison.results for a in row]):
+        s = own_scale(attribution.map, attribution.signed)
+        if attribution.signed:
+            assert cmap == "RdBu_r" and shown == f"−{s:.3g} … 0 … +{s:.3g}"
+        else:
+            assert cmap == "viridis" and shown == f"0 … {s:.3g}"
+        assert np.array_equal(decode(base64.b64decode(bar)), render.colorbar(128, cmap, attribution.signed, COLOUR_BAR))
+    # the options reach the table and the grid alike
+    other = html_report(comparison, normalise="image", diverging="coolwarm", alpha=0.4)
+    assert "coolwarm</code>" in other and "RdBu_r</code>" not in other and "the maps of a row on one colour scale" in other
+    assert "opacity 0.4" in other
+
+
+def test_the_cli_export_of_a_stored_run_carries_the_colour_bars(tmp_path, monkeypatch, capsys):
+    from workbench.cli import main
+    from workbench.store import RunStore
+
+    monkeypatch.setenv("WORKBENCH_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("WORKBENCH_DATABASE_URL", raising=False)
+    comparison = make_comparison(14, n_images=1)
+    with RunStore() as store:
+        run_id = store.save(comparison, model_bytes=None, image_bytes=None, model_name="net")
+    assert main(["export", run_id, "--out", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    png = (tmp_path / "out" / "grid.png").read_bytes()
+    [row] = png_scales(png)
+    assert [(c["method"], c["cmap"]) for c in row] == [("saliency", "RdBu_r"), ("integrated_gradients", "RdBu_r"), ("gradcam", "viridis")]
+    for cell, attribution in zip(row, comparison.results[0]):
+        assert cell["high"] == pytest.approx(own_scale(attribution.map, attribution.signed), rel=1e-5)
+    layout = grid_layout(comparison)
+    x, y = layout.bar_origin(0, 3)
+    assert np.array_equal(decode(png)[y : y + COLOUR_BAR, x : x + layout.column_width],
+                          render.colorbar(layout.column_width, "viridis", False, COLOUR_BAR))
+    report = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    s = own_scale(comparison.results[0][0].map, True)
+    assert f'RdBu_r</code> <span class="range">−{s:.3g} … 0 … +{s:.3g}</span>' in report
 
 
 def test_npz_round_trips_every_array():

@@ -31,12 +31,20 @@ PAD = 6
 HEADER = 24  # column titles
 CAPTION = 20  # under each row: image name and target
 FONT_SIZE = 13
+BAR_GAP = 4
+COLOUR_BAR = 10  # the colour bar's height under each map
+LINE = FONT_SIZE + 3
+KEY = BAR_GAP + COLOUR_BAR + 2 * LINE  # under each map: its colour bar, the values at its ends, the colormap's name
+KEY_WIDTH = MIN_CELL  # columns (and colour bars) are at least this wide, so the values at a bar's ends fit
 TOP_K_PERCENT = 10.0
+# The PNG text chunk holding each map's colour scale as JSON, for programs that read the grid back.
+PNG_SCALES_KEY = "workbench colour scales"
 
 
 @dataclasses.dataclass(frozen=True)
 class GridLayout:
-    """Where each cell of :func:`grid_png` lies: rows = images, column 0 = the image, then one per method."""
+    """Where each cell of :func:`grid_png` lies: rows = images, column 0 = the image, then one per method,
+    each map with its colour bar underneath, and the row's caption under the bars."""
 
     rows: int
     columns: int
@@ -47,13 +55,27 @@ class GridLayout:
     @property
     def size(self) -> tuple[int, int]:
         """(width, height) of the PNG."""
-        cell_h, cell_w = self.cell_size
-        return PAD + self.columns * (cell_w + PAD), HEADER + self.rows * (cell_h + CAPTION + PAD) + PAD
+        cell_h, _ = self.cell_size
+        return PAD + self.columns * (self.column_width + PAD), HEADER + self.rows * (cell_h + KEY + CAPTION + PAD) + PAD
+
+    @property
+    def column_width(self) -> int:
+        """A column's width: its cells, or the colour bar under them where the cells are narrower."""
+        return max(self.cell_size[1], KEY_WIDTH)
 
     def origin(self, row: int, column: int) -> tuple[int, int]:
         """(x, y) of a cell's top-left corner."""
-        cell_h, cell_w = self.cell_size
-        return PAD + column * (cell_w + PAD), HEADER + row * (cell_h + CAPTION + PAD)
+        cell_h, _ = self.cell_size
+        return PAD + column * (self.column_width + PAD), HEADER + row * (cell_h + KEY + CAPTION + PAD)
+
+    def bar_origin(self, row: int, column: int) -> tuple[int, int]:
+        """(x, y) of the top-left corner of a map's colour bar (``column_width`` wide, COLOUR_BAR high)."""
+        x, y = self.origin(row, column)
+        return x, y + self.cell_size[0] + BAR_GAP
+
+    def caption_y(self, row: int) -> int:
+        """The top of a row's caption (the image name and target)."""
+        return self.origin(row, 0)[1] + self.cell_size[0] + KEY
 
 
 def grid_layout(comparison: Comparison) -> GridLayout:
@@ -79,67 +101,122 @@ def _fit(draw, text: str, font, width: int) -> str:
     return text + "…" if text else ""
 
 
-def _png(rgb: np.ndarray) -> bytes:
-    from PIL import Image
+def _png(rgb: np.ndarray, text: Mapping[str, str] | None = None) -> bytes:
+    from PIL import Image, PngImagePlugin
 
+    info = None
+    if text:
+        info = PngImagePlugin.PngInfo()
+        for key, value in text.items():
+            info.add_itxt(key, value)
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buffer, format="PNG", optimize=False)
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(buffer, format="PNG", optimize=False, pnginfo=info)
     return buffer.getvalue()
 
 
-def _row_scale(row: Sequence[Attribution], shared_scale: bool, positive_only: bool) -> float | None:
-    return render.shared_scale(row, positive_only) if shared_scale else None
+def colour_scales(
+    comparison: Comparison,
+    *,
+    normalise: str = "map",
+    positive_only: bool = False,
+    cmap: str | None = None,
+    diverging: str | None = None,
+) -> list[list[render.ColourScale]]:
+    """Each map's colour bar, rows = images, columns = methods: as the app draws them with the same options
+    (``normalise``: see :func:`workbench.render.grid_scales`; ``cmap`` for unsigned maps, ``diverging``
+    for signed ones, None for the defaults)."""
+    if normalise not in render.NORMALISATIONS:
+        raise ParameterError(f"Unknown normalisation {normalise!r}: use one of {', '.join(render.NORMALISATIONS)}.")
+    per_cell = render.grid_scales(comparison.results, normalise, positive_only)
+    return [
+        [render.colour_scale(r.map, r.signed, scale=s, positive_only=positive_only, cmap=cmap, diverging=diverging) for r, s in zip(row, scales)]
+        for row, scales in zip(comparison.results, per_cell)
+    ]
+
+
+def _bar_ends(scale: render.ColourScale) -> tuple[str, str]:
+    # an ASCII minus: Pillow's built-in font has no glyph for U+2212
+    return (f"-{scale.scale:.3g}", f"+{scale.scale:.3g}") if scale.signed else ("0", f"{scale.scale:.3g}")
+
+
+def _bar_labels(draw, font, scale: render.ColourScale, x: int, y: int, width: int) -> None:
+    """Under a colour bar: the values at its ends (and 0 in a signed bar's middle), then the colormap's name.
+    Where both values do not fit on one line, the highest goes to the second, right-aligned."""
+    ink, grey = (40, 40, 40), (90, 90, 90)
+    low, high = _bar_ends(scale)
+    low_w, high_w, zero_w = (draw.textlength(t, font=font) for t in (low, high, "0"))
+    draw.text((x, y), low, fill=ink, font=font)
+    if low_w + high_w + 6 <= width:
+        draw.text((x + width - high_w, y), high, fill=ink, font=font)
+        if scale.signed and max(low_w, high_w) + 4 < (width - zero_w) / 2:
+            draw.text((x + (width - zero_w) / 2, y), "0", fill=ink, font=font)
+        draw.text((x, y + LINE), _fit(draw, scale.cmap, font, width), fill=grey, font=font)
+        return
+    draw.text((x + width - high_w, y + LINE), high, fill=ink, font=font)
+    room = width - high_w - 6
+    if draw.textlength(scale.cmap, font=font) <= room:
+        draw.text((x, y + LINE), scale.cmap, fill=grey, font=font)
 
 
 def grid_png(
     comparison: Comparison,
     *,
     cmap: str | None = None,
+    diverging: str | None = None,
     alpha: float = render.DEFAULT_OPACITY,
-    shared_scale: bool = False,
+    normalise: str = "map",
     positive_only: bool = False,
 ) -> bytes:
     """The comparison as one PNG: a row per image (the image, then each method's overlay).
 
-    Columns are titled with the method names; under each row are the image name and its target.
-    ``shared_scale`` gives all maps of a row one colour scale (see :func:`workbench.render.shared_scale`);
-    otherwise each map is scaled to its own maximum. ``cmap`` None picks a diverging map for signed
-    methods and a sequential one for the others.
+    Columns are titled with the method names; under each overlay is its colour bar, as on the app's page:
+    the colormap from the lowest value shown (left) to the highest (right), those values and the colormap's
+    name (a signed map's bar is diverging around 0, in its middle). Under each row are the image name and
+    its target. ``normalise`` ``map`` scales each map to its own scale, ``image`` gives the maps of a row one
+    scale, ``method`` a column (see :func:`workbench.render.grid_scales`). ``cmap`` colours unsigned maps
+    and ``diverging`` signed ones (None: the app's defaults). The scales are also in the PNG's
+    ``workbench colour scales`` text chunk, as JSON.
     """
     from PIL import Image, ImageDraw, ImageFont
 
     layout = grid_layout(comparison)
+    scales = colour_scales(comparison, normalise=normalise, positive_only=positive_only, cmap=cmap, diverging=diverging)
     canvas = Image.new("RGB", layout.size, (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=FONT_SIZE)
-    cell_h, cell_w = layout.cell_size
+    cell_h, _ = layout.cell_size
+    key_w = layout.column_width
     titles = ["image", *comparison.methods]
     for column, title in enumerate(titles):
         x, _ = layout.origin(0, column)
-        draw.text((x, (HEADER - FONT_SIZE) // 2 - 1), _fit(draw, title, font, cell_w), fill=(20, 20, 20), font=font)
+        draw.text((x, (HEADER - FONT_SIZE) // 2 - 1), _fit(draw, title, font, key_w), fill=(20, 20, 20), font=font)
     for row, (image, results) in enumerate(zip(comparison.images, comparison.results)):
-        scale = _row_scale(results, shared_scale, positive_only)
         cells = [render.to_uint8(image.original if image.original is not None else image.pixels)]
-        for attribution in results:
+        for attribution, scale in zip(results, scales[row]):
             pixels, shown = image.display(attribution.map)  # on the original image where it is known
             cells.append(
                 render.overlay(
                     pixels,
                     shown,
                     signed=attribution.signed,
-                    cmap=cmap,
+                    cmap=scale.cmap,
                     alpha=alpha,
-                    scale=scale,
+                    scale=scale.scale,
                     positive_only=positive_only,
                 )
             )
         for column, cell in enumerate(cells):
             canvas.paste(Image.fromarray(_upscale(cell, layout.scale)), layout.origin(row, column))
-        x, y = layout.origin(row, 0)
+        for column, scale in enumerate(scales[row], start=1):
+            x, y = layout.bar_origin(row, column)
+            canvas.paste(Image.fromarray(render.colorbar(key_w, scale.cmap, scale.signed, COLOUR_BAR)), (x, y))
+            _bar_labels(draw, font, scale, x, y + COLOUR_BAR + 1, key_w)
         caption = f"{image.name} · target: {image.target_label} ({image.target})"
         width = layout.size[0] - 2 * PAD
-        draw.text((x, y + cell_h + (CAPTION - FONT_SIZE) // 2 - 1), _fit(draw, caption, font, width), fill=(60, 60, 60), font=font)
-    return _png(np.asarray(canvas))
+        x = layout.origin(row, 0)[0]
+        draw.text((x, layout.caption_y(row) + (CAPTION - FONT_SIZE) // 2 - 1), _fit(draw, caption, font, width), fill=(60, 60, 60), font=font)
+    key = [[{"method": r.method, **scale.to_dict()} for r, scale in zip(results, row)] for results, row in zip(comparison.results, scales)]
+    return _png(np.asarray(canvas), {PNG_SCALES_KEY: json.dumps(_plain({"rows": key}), allow_nan=False)})
 
 
 def attributions_npz(comparison: Comparison) -> bytes:
@@ -219,6 +296,7 @@ th, td { border: 1px solid #d0d0d5; padding: .25rem .5rem; text-align: left; ver
 th { background: #f3f3f6; font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 img.grid { max-width: 100%; height: auto; image-rendering: pixelated; border: 1px solid #d0d0d5; }
+img.bar { display: block; width: 128px; height: 10px; image-rendering: pixelated; border: 1px solid #d0d0d5; }
 code { font-size: .9em; word-break: break-all; }
 .muted { color: #666; }
 """
@@ -283,19 +361,21 @@ def html_report(
     *,
     share_url: str | None = None,
     cmap: str | None = None,
+    diverging: str | None = None,
     alpha: float = render.DEFAULT_OPACITY,
-    shared_scale: bool = False,
+    normalise: str = "map",
     positive_only: bool = False,
     evaluation: Any = None,
 ) -> str:
-    """A single self-contained HTML page: the grid, per-image results with completeness gaps,
-    the agreement between methods (Spearman rank correlation and top-10 % IoU), time per method,
-    and the versions. ``share_url`` (from :func:`workbench.store.share_link`) is the only link
-    it contains."""
+    """A single self-contained HTML page: the grid (each map with its colour bar), the colour scales as
+    a table, per-image results with completeness gaps, the agreement between methods (Spearman rank
+    correlation and top-10 % IoU), time per method, and the versions. The drawing options are
+    :func:`grid_png`'s. ``share_url`` (from :func:`workbench.store.share_link`) is the only link it contains."""
     share = _share_href(share_url)
     model = dict(comparison.model)
     methods = list(comparison.methods)
-    grid = base64.b64encode(grid_png(comparison, cmap=cmap, alpha=alpha, shared_scale=shared_scale, positive_only=positive_only)).decode("ascii")
+    look = {"cmap": cmap, "diverging": diverging, "normalise": normalise, "positive_only": positive_only}
+    grid = base64.b64encode(grid_png(comparison, alpha=alpha, **look)).decode("ascii")
     title = f"Attribution report — {model.get('name', 'model')}"
     parts = [
         "<!doctype html>",
@@ -330,13 +410,21 @@ def html_report(
     model_rows.append([_e("Model fingerprint"), f"<code>{_e(model.get('fingerprint', '—'))}</code>"])
     parts += ["<h2>Run</h2>", _table(None, run_rows + model_rows)]
 
+    scope = {
+        "map": ", each map on its own colour scale",
+        "image": ", the maps of a row on one colour scale",
+        "method": ", the maps of a method (column) on one colour scale",
+    }[normalise]
     parts += [
         "<h2>Maps</h2>",
         '<p class="muted">Rows are images; the first column is the image as the model saw it, then one overlay per method'
-        + (" on one colour scale per row" if shared_scale else ", each map scaled to its own maximum")
+        + scope
         + (", positive evidence only" if positive_only else "")
-        + ".</p>",
+        + f" (opacity {alpha:g}). Under each map, its colour bar: the colormap from the lowest value shown to the highest"
+        " (a signed map's is diverging around 0, in its middle); values beyond the ends are drawn at the ends.</p>",
         f'<img class="grid" alt="Attribution maps of {len(methods)} methods on {len(comparison.images)} images" src="data:image/png;base64,{grid}">',
+        "<h3>Colour scales</h3>",
+        _scales_table(comparison, colour_scales(comparison, **look)),
     ]
 
     parts.append("<h2>Time per method</h2>")
@@ -410,6 +498,25 @@ def html_report(
         "</body></html>",
     ]
     return "\n".join(parts)
+
+
+def _scales_table(comparison: Comparison, scales: Sequence[Sequence[render.ColourScale]]) -> str:
+    """Images x methods: each map's colour bar, its colormap and the values at its ends."""
+    bars: dict[tuple[str, bool], str] = {}
+    rows = []
+    for image, row in zip(comparison.images, scales):
+        cells = [_e(image.name)]
+        for scale in row:
+            if (scale.cmap, scale.signed) not in bars:
+                png = _png(render.colorbar(128, scale.cmap, scale.signed, COLOUR_BAR))
+                bars[scale.cmap, scale.signed] = base64.b64encode(png).decode("ascii")
+            bar = bars[scale.cmap, scale.signed]
+            cells.append(
+                f'<img class="bar" alt="{_e(scale.cmap)} colour bar" src="data:image/png;base64,{bar}">'
+                f'<code class="cmap">{_e(scale.cmap)}</code> <span class="range">{_e(scale.label())}</span>'
+            )
+        rows.append(cells)
+    return _table(["Image", *comparison.methods], rows)
 
 
 def _curve_svg(series: Sequence[tuple[str, Sequence[Sequence[float]], bool]], x_label: str, y_label: str) -> str:
@@ -496,7 +603,7 @@ def write_all(comparison: Comparison, out_dir: str | Path, *, share_url: str | N
         "provenance": out / "provenance.json",
         "html": out / "report.html",
     }
-    paths["grid"].write_bytes(grid_png(comparison))
+    paths["grid"].write_bytes(grid_png(comparison))  # drawn as the app draws by default: the same colour bars
     paths["npz"].write_bytes(attributions_npz(comparison))
     paths["provenance"].write_text(provenance_json(comparison, evaluation), encoding="utf-8")
     paths["html"].write_text(html_report(comparison, share_url=share_url, evaluation=evaluation), encoding="utf-8")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -70,6 +71,63 @@ def colorbar(width: int, cmap: str, signed: bool, height: int = 10) -> np.ndarra
     positions = np.linspace(-1.0 if signed else 0.0, 1.0, max(2, int(width)), dtype=np.float32)
     row = colormap(positions[None, :], cmap, signed)
     return (np.repeat(row, max(1, int(height)), axis=0) * 255).round().astype(np.uint8)
+
+
+@dataclasses.dataclass(frozen=True)
+class ColourScale:
+    """What one overlay's colour bar says: its colormap and the values at its two ends (a signed map's
+    bar runs from -scale through 0, the diverging map's neutral centre, to +scale; others from 0 to scale)."""
+
+    cmap: str
+    signed: bool
+    scale: float
+
+    @property
+    def low(self) -> float:
+        return -self.scale if self.signed else 0.0
+
+    @property
+    def high(self) -> float:
+        return self.scale
+
+    def label(self) -> str:
+        s = self.scale
+        return f"−{s:.3g} … 0 … +{s:.3g}" if self.signed else f"0 … {s:.3g}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cmap": self.cmap, "signed": self.signed, "low": self.low, "high": self.high}
+
+
+def colour_scale(
+    attribution_map: np.ndarray,
+    signed: bool,
+    *,
+    scale: float | None = None,
+    positive_only: bool = False,
+    cmap: str | None = None,
+    diverging: str | None = None,
+) -> ColourScale:
+    """The colour bar of one map drawn with ``scale`` (None: the map's own, :func:`scale_of`): ``cmap`` for
+    unsigned and positive-only maps, ``diverging`` for signed ones (None: the defaults)."""
+    shown_signed = signed and not positive_only
+    s = scale if scale and scale > 0 else scale_of(attribution_map, signed, positive_only)
+    name = (diverging if shown_signed else cmap) or default_cmap(signed, positive_only)
+    return ColourScale(name, shown_signed, float(s))
+
+
+# How a grid of maps (rows = images, columns = methods) shares colour scales.
+NORMALISATIONS = ("map", "image", "method")
+
+
+def grid_scales(grid: Sequence[Sequence[Attribution]], normalise: str = "map", positive_only: bool = False) -> list[list[float | None]]:
+    """The value that maps to full colour, per cell: ``map`` each its own (None), ``image`` one per row
+    (across methods), ``method`` one per column (across images)."""
+    if normalise == "image":
+        return [[shared_scale(row, positive_only)] * len(row) for row in grid]
+    if normalise == "method" and grid:
+        per_column = [shared_scale([row[j] for row in grid], positive_only) for j in range(len(grid[0]))]
+        return [list(per_column) for _ in grid]
+    return [[None] * len(row) for row in grid]
 
 
 def overlay(

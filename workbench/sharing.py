@@ -339,18 +339,22 @@ def exports(
     *,
     share_url: str | None,
     alpha: float | None = None,
-    shared_scale: bool = False,
+    normalise: str = "map",
     positive_only: bool = False,
+    cmap: str | None = None,
+    diverging: str | None = None,
     evaluation: Any = None,
 ) -> list[Export]:
     """The grid as PNG, the arrays as NPZ, the provenance as JSON and the self-contained HTML report,
-    drawn with the page's display options; the JSON and the report include ``evaluation`` when given."""
+    drawn with the page's display options (colormaps, opacity, normalisation: the same colour bars);
+    the JSON and the report include ``evaluation`` when given."""
     from . import export
 
     stem = f"run-{comparison.run_id[:12]}" if comparison.run_id else "comparison"
     from .render import DEFAULT_OPACITY
 
-    look = {"alpha": DEFAULT_OPACITY if alpha is None else alpha, "shared_scale": shared_scale, "positive_only": positive_only}
+    look = {"alpha": DEFAULT_OPACITY if alpha is None else alpha, "normalise": normalise, "positive_only": positive_only,
+            "cmap": cmap, "diverging": diverging}
     return [
         Export("grid", "Grid .png", f"{stem}-grid.png", "image/png", functools.partial(export.grid_png, comparison, **look)),
         Export("npz", "Attributions .npz", f"{stem}-attributions.npz", "application/octet-stream",

@@ -594,6 +594,43 @@ def test_every_map_has_a_colour_bar_and_its_value_range():
     assert len(signed) == 1, "Grad-CAM and saliency are unsigned; IG is signed"
 
 
+@needs_zoo
+def test_the_exports_draw_the_colour_bars_the_page_shows(monkeypatch):
+    """The page's display options reach the grid PNG and the HTML report: the same colormaps and values."""
+    import re
+
+    from PIL import Image
+
+    from workbench import export, sharing
+
+    built = []
+    original = sharing.exports
+
+    def recorded(comparison, **options):
+        built.append({e.kind: e for e in original(comparison, **options)})
+        return original(comparison, **options)
+
+    monkeypatch.setattr(sharing, "exports", recorded)
+    at = start()
+    load_zoo_and_sample(at)
+    page(at, "pages/explain.py")
+    at.multiselect(key="explain_methods").set_value(["gradcam", "integrated_gradients"]).run()
+    at.number_input(key="explain_integrated_gradients_steps").set_value(8).run()
+    at.button(key="explain_run").click().run()
+    at.selectbox(key="display_diverging").set_value("coolwarm")
+    at.selectbox(key="display_normalise").set_value("image").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    shown = [el.captions[0].split(" · ")[0].removeprefix("colour ") for el in at.get("image") if el.captions and el.captions[0].startswith("colour")]
+    assert len(shown) == 2 and "… 0 …" in shown[1] and "… 0 …" not in shown[0], shown
+    report = built[-1]["html"].build()
+    table = report.split("<h3>Colour scales</h3>", 1)[1].split("</table>", 1)[0]
+    assert re.findall(r'<code class="cmap">([^<]+)</code> <span class="range">([^<]+)</span>', table) == [
+        ("viridis", shown[0]), ("coolwarm", shown[1])
+    ], "the page's colormaps and the values its captions give"
+    [row] = json.loads(Image.open(io.BytesIO(built[-1]["grid"].build())).text[export.PNG_SCALES_KEY])["rows"]
+    assert [c["cmap"] for c in row] == ["viridis", "coolwarm"] and row[0]["high"] == row[1]["high"], "one scale per image"
+
+
 def test_an_uploaded_model_is_test_predicted_on_a_neutral_image_not_a_zoo_sample(keras_bytes):
     at = start()
     at.file_uploader(key="models_upload").set_value(("mine.keras", keras_bytes, "application/octet-stream")).run()

@@ -749,6 +749,11 @@ def test_a_cancelled_run_keeps_the_maps_that_finished_and_run_computes_only_the_
     ws = workspace(at)
     assert [r.method for r in (ws.results.get(k) for k in list(ws.results._items)) if r] == ["gradcam"]
     assert not at.button(key="explain_run").disabled
+    # kept is stored too: a reload of the workspace finds the map that finished
+    reloaded = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    reloaded.query_params["ws"] = at.query_params["ws"]
+    reloaded.run()
+    assert [r.method for _, (r, _) in workspace(reloaded).results._items.items()] == ["gradcam"]
     explain_calls.calls = 0
     at.button(key="explain_run").click().run()
     assert not at.exception and not at.error

@@ -12,35 +12,49 @@ import math
 import numpy as np
 from array_api_compat import device as device_of
 
-_MASK = 0xFFFFFFFF
+def _int32(value: int) -> int:
+    """A 32-bit constant as the signed int32 with the same bits."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+_M1, _M2, _WEYL = _int32(0x85EBCA6B), _int32(0xC2B2AE35), _int32(0x9E3779B1)
 
 
 def _mix(xp, x):
-    """murmur3's 32-bit finaliser on int64 holding 32-bit values: the same bits in every namespace."""
-    x = ((x ^ (x >> 16)) * 0x85EBCA6B) & _MASK
-    x = ((x ^ (x >> 13)) * 0xC2B2AE35) & _MASK
-    return x ^ (x >> 16)
+    """murmur3's 32-bit finaliser on int32 (wrapping multiplies, logical shifts): the same bits in every namespace."""
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * _M1
+    x = x ^ ((x >> 13) & 0x7FFFF)
+    x = x * _M2
+    return x ^ ((x >> 16) & 0xFFFF)
 
 
-def uniform(xp, counters, seed: int):
-    """Uniform floats in (0, 1), float32, one per int64 counter: a counter-based generator (a hash of
-    seed and counter), so a value depends on its counter only, never on how the draws are chunked, and
-    torch on any device and numpy give the same numbers for the same seed."""
-    key = (int(seed) * 0x9E3779B9 + 0x7F4A7C15) & _MASK
-    x = _mix(xp, (counters * 0x9E3779B1 + key) & _MASK)
-    x = _mix(xp, (x + key) & _MASK)
-    return (xp.astype(x >> 8, xp.float32) + 0.5) * (1.0 / 2**24)
+def _uniform(xp, counters, seed: int):
+    """Uniform floats in (0, 1), float32, one per int32 counter: a hash of seed and counter (murmur3's
+    finaliser on a Weyl step), so a value depends on its counter only, never on how the draws are
+    chunked, and torch on any device and numpy give the same numbers for the same seed."""
+    key = _int32(int(seed) * 0x9E3779B9 + 0x7F4A7C15)
+    x = _mix(xp, counters * _WEYL + key)
+    return (xp.astype((x >> 8) & 0xFFFFFF, xp.float32) + 0.5) * (1.0 / 2**24)
 
 
-def normal(xp, shape: tuple[int, ...], seed: int, first: int, device) -> "object":
-    """Standard normal float32 draws of ``shape`` from counters ``first, first + 1, ...`` (Box-Muller on
-    pairs of counters: the draw at counter c uses uniforms 2c and 2c + 1)."""
+def normal(xp, shape: tuple[int, ...], seed: int, first: int, device):
+    """Standard normal float32 draws of ``shape`` for counters ``first, first + 1, ...``: Box-Muller on
+    pairs, counter c is the cosine (c even) or sine (c odd) of pair c // 2, whose two uniforms are
+    hashes of 2 (c // 2) and 2 (c // 2) + 1."""
     n = math.prod(shape)
-    counters = xp.arange(int(first), int(first) + n, dtype=xp.int64, device=device)
-    u1 = uniform(xp, 2 * counters, seed)
-    u2 = uniform(xp, 2 * counters + 1, seed)
-    z = xp.sqrt(-2.0 * xp.log(u1)) * xp.cos(np.float32(2 * math.pi) * u2)
-    return xp.reshape(z, shape)
+    if 2 * (int(first) + n) >= 2**31:
+        raise ValueError("SmoothGrad noise: more than 2**30 draws per image")
+    lo, hi = int(first) // 2, (int(first) + n - 1) // 2 + 1
+    pairs = xp.arange(lo, hi, dtype=xp.int32, device=device)
+    u1 = _uniform(xp, 2 * pairs, seed)
+    u2 = _uniform(xp, 2 * pairs + 1, seed)
+    radius = xp.sqrt(-2.0 * xp.log(u1))
+    angle = np.float32(2 * math.pi) * u2
+    both = xp.reshape(xp.stack([radius * xp.cos(angle), radius * xp.sin(angle)], axis=1), (2 * (hi - lo),))
+    skip = int(first) % 2
+    return xp.reshape(both[skip : skip + n], shape)
 
 
 def weighted_sum(xp, weights, stack):

@@ -14,6 +14,9 @@ from array_api_compat import device as device_of
 from . import arrays
 from .base import Cost, Explainer, Param, Partial, register
 
+# noise shared by the images of one request is kept whole up to this size
+SHARED_NOISE_BYTES = 256 * 2**20
+
 
 @register
 class SmoothGrad(Explainer):
@@ -46,13 +49,20 @@ class SmoothGrad(Explainer):
         flat = xp.reshape(x, (n, size))
         sigma = params["noise"] * (xp.max(flat, axis=1) - xp.min(flat, axis=1))
         total = xp.zeros(x.shape, dtype=xp.float32, device=device_of(x))
+        # every image draws the same noise: made once per request where it fits, else per block
+        shared = None
+        if samples * size * 4 <= SHARED_NOISE_BYTES and n > 1:
+            shared = arrays.normal(xp, (samples, *shape), seed, 0, device_of(x))
         # rows are (image, sample), image by image; blocks span images. Sample s of every image draws the
         # noise at counters [s * size, (s + 1) * size) of the seed: the map depends on neither the chunk
         # size nor the other images of the request.
         for block in calls.blocks(n * samples):
             parts, images = [], []
             for i, first, stop, _ in arrays.segments(block, samples):
-                noise = arrays.normal(xp, (stop - first, *shape), seed, first * size, device_of(x))
+                if shared is not None:
+                    noise = shared[first:stop]
+                else:
+                    noise = arrays.normal(xp, (stop - first, *shape), seed, first * size, device_of(x))
                 parts.append(x[i : i + 1] + sigma[i] * noise)
                 images += [i] * (stop - first)
             noisy = parts[0] if len(parts) == 1 else xp.concat(parts)

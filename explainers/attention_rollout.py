@@ -60,8 +60,9 @@ class AttentionRollout(Explainer):
     def cost(cls, adapter, params=None, background_size=0) -> Cost:
         return Cost(forward=1, backward=0)
 
-    def _attribute(self, calls, batch, targets, params, seed, background, progress):
+    def _attribute(self, calls, x, targets, params, seed, background, progress):
         adapter = calls.adapter
+        batch = calls.host_batch  # attention weights come from the adapter's host primitive
         partials = []
         for block in calls.blocks(len(batch)):
             calls.forward += block.stop - block.start

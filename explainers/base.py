@@ -13,6 +13,8 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from array_api_compat import device as device_of
+
 from workbench.adapters.base import LayerPass, ModelAdapter
 from workbench.errors import ParameterError
 from workbench.inspection import refuse_non_finite
@@ -90,20 +92,6 @@ CPU_CHUNK_BYTES = 16 * 2**20
 COMPLETENESS_NOTE_ABOVE = 0.01
 
 
-def weighted_sum(weights: np.ndarray, stack: np.ndarray) -> np.ndarray:
-    """``sum_k weights[k] * stack[k]`` in one pass over the stack in its own memory order.
-
-    Gradients of a channels-first model arrive as a transposed (NCHW) view; reading them in
-    NHWC order, or copying them to float64 first, costs more than the sum itself. einsum's own
-    loop, not BLAS: OpenBLAS's threads keep spinning after a product and slow the framework's
-    next call on the same cores (IG on resnet-mini, 2 CPUs: ~14% slower with ``@``).
-    """
-    order = [1 + int(i) for i in np.argsort([-s for s in stack.strides[1:]], kind="stable")]
-    view = stack.transpose(0, *order)
-    total = np.einsum("k,kn->n", np.asarray(weights, dtype=stack.dtype), view.reshape(len(stack), -1))
-    return total.reshape(view.shape[1:]).transpose(*np.argsort(order))
-
-
 def checked_targets(targets: Sequence[int], n_images: int, num_classes: int) -> list[int]:
     """One class index per image, each a class of the model (ParameterError otherwise)."""
     targets = [int(t) for t in targets]
@@ -116,14 +104,16 @@ def checked_targets(targets: Sequence[int], n_images: int, num_classes: int) -> 
 
 
 class Calls:
-    """The adapter's primitives, chunked within a memory budget, counted, with back-off on out-of-memory.
+    """The adapter's device primitives, chunked within a memory budget, counted, with back-off on out-of-memory.
 
-    On a device out-of-memory error the chunk is halved, memory freed and the chunk retried;
-    the event is recorded in ``notes`` and ends up in the result.
+    Arrays in and out are the adapter's device arrays (``adapter.xp``), NHWC; nothing here moves data
+    to the host. On a device out-of-memory error the chunk is halved, memory freed and the chunk
+    retried; the event is recorded in ``notes`` and ends up in the result.
     """
 
     def __init__(self, adapter: ModelAdapter, settings: Settings, max_rows: int | None = None):
         self.adapter = adapter
+        self.xp = adapter.xp
         row_bytes = int(np.prod(adapter.input_size)) * 4
         budget_bytes = settings.chunk_budget_mb * 1024 * 1024 // 8
         if adapter.device == "cpu":
@@ -133,6 +123,7 @@ class Calls:
         self.forward = 0
         self.backward = 0
         self.notes: list[str] = []
+        self.host_batch: np.ndarray | None = None  # the request's images on the host, for host-side baselines
 
     def _chunked(self, fn, n: int, *args):
         """fn(slice) -> tuple of arrays or array; concatenated over chunks along axis 0."""
@@ -155,8 +146,8 @@ class Calls:
         if len(parts) == 1:  # the usual case: no copy of what may be a large gradient array
             return parts[0]
         if isinstance(parts[0], tuple):
-            return tuple(np.concatenate([p[i] for p in parts]) for i in range(len(parts[0])))
-        return np.concatenate(parts)
+            return tuple(self.xp.concat([p[i] for p in parts]) for i in range(len(parts[0])))
+        return self.xp.concat(parts)
 
     def blocks(self, n: int):
         """Consecutive slices of ``range(n)`` of at most one chunk, as even as possible (50 rows in
@@ -170,36 +161,50 @@ class Calls:
             yield slice(start, start + size)
             start += size
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        self.forward += len(batch)
-        return self._chunked(lambda s: self.adapter.predict(batch[s]), len(batch))
+    def predict(self, x):
+        self.forward += len(x)
+        return self._chunked(lambda s: self.adapter.predict_on_device(x[s]), len(x))
 
-    def input_gradients(self, batch: np.ndarray, targets: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def input_gradients(self, x, targets: Sequence[int]):
         targets = np.asarray(targets, dtype=np.int64)
-        self.forward += len(batch)
-        self.backward += len(batch)
-        return self._chunked(lambda s: self.adapter.input_gradients(batch[s], targets[s]), len(batch))
+        self.forward += len(x)
+        self.backward += len(x)
+        return self._chunked(lambda s: self.adapter.input_gradients_on_device(x[s], targets[s]), len(x))
 
-    def layer_gradients(self, batch: np.ndarray, layer: str, targets: Sequence[int]) -> LayerPass:
+    def layer_gradients(self, x, layer: str, targets: Sequence[int]) -> LayerPass:
         targets = np.asarray(targets, dtype=np.int64)
-        self.forward += len(batch)
-        self.backward += len(batch)
+        self.forward += len(x)
+        self.backward += len(x)
 
         def call(s):
-            p = self.adapter.layer_gradients(batch[s], layer, targets[s])
+            p = self.adapter.layer_gradients_on_device(x[s], layer, targets[s])
             return p.outputs, p.activations, p.gradients
 
-        outputs, activations, gradients = self._chunked(call, len(batch))
+        outputs, activations, gradients = self._chunked(call, len(x))
         return LayerPass(outputs=outputs, activations=activations, gradients=gradients)
 
-    def layer_activations(self, batch: np.ndarray, layer: str) -> tuple[np.ndarray, np.ndarray]:
-        self.forward += len(batch)
-        return self._chunked(lambda s: self.adapter.layer_activations(batch[s], layer), len(batch))
+    def layer_activations(self, x, layer: str):
+        self.forward += len(x)
+        return self._chunked(lambda s: self.adapter.layer_activations_on_device(x[s], layer), len(x))
+
+    def target_scores(self, outputs, targets: Sequence[int]):
+        """outputs[n, targets[n]] as a device vector."""
+        xp = self.xp
+        index = xp.asarray(np.asarray(targets, dtype=np.int64), device=device_of(outputs))
+        return xp.take_along_axis(outputs, index[:, None], axis=1)[:, 0]
+
+    def rows(self, x, index):
+        """x[index] for host row indices, on x's device."""
+        return self.xp.take(x, self.xp.asarray(np.asarray(index, dtype=np.int64), device=device_of(x)), axis=0)
 
 
 @dataclasses.dataclass
 class Partial:
-    """What ``_attribute`` returns for one image; the base turns it into an Attribution."""
+    """What ``_attribute`` returns for one image; the base turns it into an Attribution.
+
+    ``map``, ``channels`` and the scores may be device arrays (``adapter.xp``); the base moves them
+    to the host for the whole request at once (:func:`to_host`).
+    """
 
     map: np.ndarray
     channels: np.ndarray | None = None
@@ -207,6 +212,31 @@ class Partial:
     layer: str | None = None
     target_score: float | None = None
     notes: tuple[str, ...] = ()
+
+
+def _stacked_to_host(adapter: ModelAdapter, values: list) -> list:
+    """Device arrays of one shape -> host arrays, in one transfer; host values pass through."""
+    on_device = [i for i, v in enumerate(values) if v is not None and not isinstance(v, (np.ndarray, float, int, np.generic))]
+    if not on_device:
+        return values
+    xp = adapter.xp
+    stacked = adapter.to_host(xp.stack([xp.astype(values[i], xp.float32) for i in on_device]))
+    out = list(values)
+    for k, i in enumerate(on_device):
+        out[i] = stacked[k]
+    return out
+
+
+def to_host(adapter: ModelAdapter, partials: list[Partial]) -> None:
+    """The request's maps, channel arrays and scores to the host: one transfer each, not one per image."""
+    for field in ("map", "channels", "target_score", "reference_score"):
+        values = _stacked_to_host(adapter, [getattr(part, field) for part in partials])
+        for part, value in zip(partials, values):
+            if field in ("target_score", "reference_score") and value is not None:
+                value = float(value)
+            elif value is not None:
+                value = np.asarray(value, dtype=np.float32)
+            setattr(part, field, value)
 
 
 class Explainer:
@@ -273,19 +303,24 @@ class Explainer:
         if len(batch) == 0:
             raise ParameterError("Give at least one image to explain.")
         calls = Calls(adapter, settings, max_rows=self.max_rows(p))
+        calls.host_batch = batch
         started = time.perf_counter()
+        xp = adapter.xp
+        x = adapter.device_array(batch)  # the images cross to the device once; the maps come back once
         if targets is None:
-            predictions = calls.predict(batch)
-            refuse_non_finite(adapter, batch, predictions)  # traces the layers only when a score is NaN/Inf
-            targets = predictions.argmax(axis=1)
+            predictions = calls.predict(x)
+            if not bool(adapter.to_host(xp.all(xp.isfinite(predictions)))):
+                refuse_non_finite(adapter, batch, adapter.to_host(predictions))  # traces the layers
+            targets = adapter.to_host(xp.argmax(predictions, axis=1))
         targets = checked_targets(targets, len(batch), adapter.num_classes)
-        partials = self._attribute(calls, batch, targets, p, seed, background, progress or (lambda f, m: None))
+        partials = self._attribute(calls, x, targets, p, seed, background, progress or (lambda f, m: None))
         # scores of the explained targets, in one extra forward unless the method already has them
         missing = [i for i, part in enumerate(partials) if part.target_score is None]
         if missing:
-            scores = calls.predict(batch[missing])
-            for row, i in zip(scores, missing):
-                partials[i].target_score = float(row[targets[i]])
+            scores = calls.target_scores(calls.predict(calls.rows(x, missing)), [targets[i] for i in missing])
+            for k, i in enumerate(missing):
+                partials[i].target_score = scores[k]
+        to_host(adapter, partials)
         if not all(np.isfinite(part.target_score) for part in partials):
             refuse_non_finite(adapter, batch)  # given targets: their scores are the first we see
         elapsed = time.perf_counter() - started
@@ -338,13 +373,14 @@ class Explainer:
     def _attribute(
         self,
         calls: Calls,
-        batch: np.ndarray,
+        x,
         targets: list[int],
         params: dict[str, Any],
         seed: int,
         background: np.ndarray | None,
         progress: Progress,
     ) -> list[Partial]:
+        """``x``: the images [N, H, W, C] as a device array (``calls.xp``; on the host: ``calls.host_batch``)."""
         raise NotImplementedError
 
 

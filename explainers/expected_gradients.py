@@ -11,8 +11,10 @@ estimate stays unbiased; the additivity error falls much faster with the number 
 from __future__ import annotations
 
 import numpy as np
+from array_api_compat import device as device_of
 
-from .base import Cost, Explainer, Param, Partial, register, weighted_sum
+from . import arrays
+from .base import Cost, Explainer, Param, Partial, register
 
 
 def default_background(x_shape, preset, seed: int) -> np.ndarray:
@@ -59,30 +61,32 @@ class ExpectedGradients(Explainer):
         samples = cls.normalise_params(params)["samples"]
         return Cost(forward=samples + (background_size or 10) + 1, backward=samples)
 
-    def _attribute(self, calls, batch, targets, params, seed, background, progress):
-        samples = params["samples"]
+    def _attribute(self, calls, x, targets, params, seed, background, progress):
+        xp = calls.xp
+        n, samples = len(targets), params["samples"]
         if background is None or len(background) == 0:
-            background = default_background(batch.shape[1:], calls.adapter.preset, seed)
-        background = np.asarray(background, dtype=np.float32)
+            background = default_background(tuple(x.shape[1:]), calls.adapter.preset, seed)
+        background = calls.adapter.device_array(np.asarray(background, dtype=np.float32))
         background_scores = calls.predict(background)
-        partials = []
-        for i, x in enumerate(batch):
-            rng = np.random.default_rng(seed)
-            picks, alphas, weights = stratified_samples(samples, len(background), rng)
-            total = np.zeros(x.shape, dtype=np.float64)
-            for block in calls.blocks(samples):
-                refs = background[picks[block]]
-                deltas = x[None] - refs
-                points = refs + alphas[block].astype(np.float32)[:, None, None, None] * deltas
-                _, grads = calls.input_gradients(points, [targets[i]] * len(points))
-                total += weighted_sum(weights[block], grads * deltas)
-            attr = total.astype(np.float32)
-            partials.append(
-                Partial(
-                    map=attr.sum(axis=-1),
-                    channels=attr,
-                    reference_score=float(background_scores[:, targets[i]].mean(dtype=np.float64)),
-                )
-            )
-            progress((i + 1) / len(batch), f"{self.title}: image {i + 1}/{len(batch)}")
-        return partials
+        # the same draws for every image (each image's stream starts at the seed, as for one image alone)
+        picks, alphas, weights = stratified_samples(samples, len(background), np.random.default_rng(seed))
+        alphas, weights = arrays.as_weights(xp, alphas, x), arrays.as_weights(xp, weights, x)
+        total = xp.zeros(x.shape, dtype=xp.float32, device=device_of(x))
+        # rows are (image, sample), image by image; blocks span images
+        for block in calls.blocks(n * samples):
+            points, deltas, images = [], [], []
+            for i, first, stop, _ in arrays.segments(block, samples):
+                refs = calls.rows(background, picks[first:stop])
+                delta = x[i : i + 1] - refs
+                points.append(refs + alphas[first:stop, None, None, None] * delta)
+                deltas.append(delta)
+                images += [i] * (stop - first)
+            one = len(points) == 1
+            _, grads = calls.input_gradients(points[0] if one else xp.concat(points), [targets[i] for i in images])
+            grads = grads * (deltas[0] if one else xp.concat(deltas))
+            for i, first, stop, offset in arrays.segments(block, samples):
+                total[i, ...] = total[i, ...] + arrays.weighted_sum(xp, weights[first:stop], grads[offset : offset + stop - first])
+            progress(block.stop / (n * samples), f"{self.title}: {block.stop} of {n * samples} samples")
+        references = xp.mean(xp.take(background_scores, xp.asarray(np.asarray(targets), device=device_of(x)), axis=1), axis=0)
+        maps = xp.sum(total, axis=-1)
+        return [Partial(map=maps[i], channels=total[i], reference_score=references[i]) for i in range(n)]

@@ -6,8 +6,6 @@ layer's gradients are computed, never the input's.
 
 from __future__ import annotations
 
-import numpy as np
-
 from .base import register
 from .cam import CAMExplainer
 
@@ -19,5 +17,5 @@ class GradCAM(CAMExplainer):
     summary = "Layer activations weighted by their average gradient."
     paper = "https://arxiv.org/abs/1610.02391"
 
-    def weights(self, calls, batch, targets, activations, gradients, params):
-        return gradients.mean(axis=(1, 2))
+    def weights(self, calls, x, targets, activations, gradients, params):
+        return calls.xp.mean(gradients, axis=(1, 2))

@@ -7,8 +7,7 @@ exponential of the score), as pytorch-grad-cam computes them.
 
 from __future__ import annotations
 
-import numpy as np
-
+from . import arrays
 from .base import register
 from .cam import CAMExplainer
 
@@ -20,10 +19,11 @@ class GradCAMPlusPlus(CAMExplainer):
     summary = "Grad-CAM with pixel-wise weights that favour several object instances."
     paper = "https://arxiv.org/abs/1710.11063"
 
-    def weights(self, calls, batch, targets, activations, gradients, params):
+    def weights(self, calls, x, targets, activations, gradients, params):
+        xp = calls.xp
         g2 = gradients**2
         g3 = g2 * gradients
-        sum_activations = activations.sum(axis=(1, 2))
+        sum_activations = xp.sum(activations, axis=(1, 2))
         alpha = g2 / (2 * g2 + sum_activations[:, None, None, :] * g3 + 1e-6)
-        alpha = np.where(gradients != 0, alpha, 0)
-        return (np.maximum(gradients, 0) * alpha).sum(axis=(1, 2))
+        alpha = xp.where(gradients != 0, alpha, xp.zeros_like(alpha))
+        return xp.sum(arrays.relu(xp, gradients) * alpha, axis=(1, 2))

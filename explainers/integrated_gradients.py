@@ -8,11 +8,13 @@ sum of attributions = f(x) - f(x'); the gap is reported on every result.
 from __future__ import annotations
 
 import numpy as np
+from array_api_compat import device as device_of
 
 from workbench.errors import ParameterError
 from workbench.resize import gaussian_blur
 
-from .base import Cost, Explainer, Param, Partial, register, weighted_sum
+from . import arrays
+from .base import Cost, Explainer, Param, Partial, register
 
 BASELINES = ("black", "white", "blur", "noise", "background")
 
@@ -75,41 +77,51 @@ class IntegratedGradients(Explainer):
         p = cls.normalise_params(params)
         return Cost(forward=p["steps"] + (0 if cls._path_has_ends(p["method"]) else 2), backward=p["steps"])
 
-    def _attribute(self, calls, batch, targets, params, seed, background, progress):
+    def _attribute(self, calls, x, targets, params, seed, background, progress):
+        xp = calls.xp
         alphas, weights = quadrature(params["steps"], params["method"])
+        alphas, weights = arrays.as_weights(xp, alphas, x), arrays.as_weights(xp, weights, x)
         has_ends = self._path_has_ends(params["method"])
         preset = calls.adapter.preset
-        partials = []
-        steps = len(alphas)
-        for i, x in enumerate(batch):
-            rng = np.random.default_rng(seed)
-            base = make_baseline(params["baseline"], x, preset, rng, background, params["blur_sigma"])
-            delta = x - base
-            total = np.zeros(x.shape, dtype=np.float64)
-            for block in calls.blocks(steps):
-                path = alphas[block].astype(np.float32)[:, None, None, None] * delta[None]
-                path += base[None]
-                # the trapezoid's ends are exactly the baseline and the image, not base + 1.0 * (x - base)
-                if has_ends and block.start == 0:
-                    path[0] = base
-                if has_ends and block.stop == steps:
-                    path[-1] = x
-                outputs, grads = calls.input_gradients(path, [targets[i]] * len(path))
-                total += weighted_sum(weights[block], grads)
-                if has_ends and block.start == 0:
-                    reference = outputs[0, targets[i]]
-                if has_ends and block.stop == steps:
-                    score = outputs[-1, targets[i]]
-            attr = (total * delta).astype(np.float32)
-            if not has_ends:
-                score, reference = calls.predict(np.stack([x, base]))[:, targets[i]]
-            partials.append(
-                Partial(
-                    map=attr.sum(axis=-1),
-                    channels=attr,
-                    target_score=float(score),
-                    reference_score=float(reference),
-                )
+        n, steps = len(targets), len(alphas)
+        # baselines are made on the host (one image each) and cross to the device once
+        bases = calls.adapter.device_array(
+            np.stack(
+                [
+                    make_baseline(params["baseline"], image, preset, np.random.default_rng(seed), background, params["blur_sigma"])
+                    for image in calls.host_batch
+                ]
             )
-            progress((i + 1) / len(batch), f"{self.title}: image {i + 1}/{len(batch)}")
-        return partials
+        )
+        deltas = x - bases
+        total = xp.zeros(x.shape, dtype=xp.float32, device=device_of(x))
+        score = [None] * n
+        reference = [None] * n
+        # rows are (image, step), image by image; blocks of the path span images
+        for block in calls.blocks(n * steps):
+            parts, images = [], []
+            for i, first, stop, _ in arrays.segments(block, steps):
+                path = bases[i : i + 1] + alphas[first:stop, None, None, None] * deltas[i : i + 1]
+                # the trapezoid's ends are exactly the baseline and the image, not base + 1.0 * (x - base)
+                if has_ends and (first == 0 or stop == steps):
+                    ends = [bases[i : i + 1]] if first == 0 else []
+                    middle = path[(1 if first == 0 else 0) : (len(path) - 1 if stop == steps else len(path))]
+                    path = xp.concat(ends + [middle] + ([x[i : i + 1]] if stop == steps else []))
+                parts.append(path)
+                images += [i] * (stop - first)
+            outputs, grads = calls.input_gradients(parts[0] if len(parts) == 1 else xp.concat(parts), [targets[i] for i in images])
+            for i, first, stop, offset in arrays.segments(block, steps):
+                total[i, ...] = total[i, ...] + arrays.weighted_sum(xp, weights[first:stop], grads[offset : offset + stop - first])
+                if has_ends and first == 0:
+                    reference[i] = outputs[offset, targets[i]]
+                if has_ends and stop == steps:
+                    score[i] = outputs[offset + stop - first - 1, targets[i]]
+            progress(block.stop / (n * steps), f"{self.title}: {block.stop} of {n * steps} path points")
+        attr = total * deltas
+        if not has_ends:
+            ends = calls.target_scores(calls.predict(xp.concat([x, bases])), list(targets) * 2)
+            score, reference = [ends[i] for i in range(n)], [ends[n + i] for i in range(n)]
+        maps = xp.sum(attr, axis=-1)
+        return [
+            Partial(map=maps[i], channels=attr[i], target_score=score[i], reference_score=reference[i]) for i in range(n)
+        ]

@@ -7,6 +7,7 @@ target score over the windows that cover it (as captum's ``Occlusion``).
 from __future__ import annotations
 
 import numpy as np
+from array_api_compat import device as device_of
 
 from workbench.errors import ParameterError
 
@@ -64,27 +65,42 @@ class Occlusion(Explainer):
         windows = len(window_starts(h, p["window"], p["stride"])) * len(window_starts(w, p["window"], p["stride"]))
         return Cost(forward=windows + 1, backward=0)
 
-    def _attribute(self, calls, batch, targets, params, seed, background, progress):
-        h, w = batch.shape[1:3]
+    def _attribute(self, calls, x, targets, params, seed, background, progress):
+        xp = calls.xp
+        dev = device_of(x)
+        n, h, w = len(targets), x.shape[1], x.shape[2]
         win, stride = params["window"], params["stride"]
-        positions = [(y, x) for y in window_starts(h, win, stride) for x in window_starts(w, win, stride)]
-        fill = calls.adapter.preset.apply(np.full(batch.shape[1:], params["baseline"], dtype=np.float32))
-        partials = []
-        for i, image in enumerate(batch):
-            scores = calls.predict(image[None])[0, targets[i]]
-            drops = np.empty(len(positions), dtype=np.float64)
-            # occluded copies are made one chunk at a time: all windows of a large image would not fit
-            for block in calls.blocks(len(positions)):
-                occluded = np.repeat(image[None], block.stop - block.start, axis=0)
-                for k, (y, x) in enumerate(positions[block]):
-                    occluded[k, y : y + win, x : x + win] = fill[y : y + win, x : x + win]
-                drops[block] = scores - calls.predict(occluded)[:, targets[i]]
-            total = np.zeros((h, w), np.float64)
-            count = np.zeros((h, w), np.float64)
-            for drop, (y, x) in zip(drops, positions):
-                total[y : y + win, x : x + win] += drop
-                count[y : y + win, x : x + win] += 1
-            covered = np.where(count > 0, total / np.maximum(count, 1), 0.0).astype(np.float32)
-            partials.append(Partial(map=covered, target_score=float(scores)))
-            progress((i + 1) / len(batch), f"{self.title}: image {i + 1}/{len(batch)}")
-        return partials
+        ys, xs = window_starts(h, win, stride), window_starts(w, win, stride)
+        positions = np.array([(y, x0) for y in ys for x0 in xs], dtype=np.int64)
+        fill = calls.adapter.device_array(calls.adapter.preset.apply(np.full(tuple(x.shape[1:]), params["baseline"], np.float32)))
+        scores = calls.target_scores(calls.predict(x), targets)
+        rows_y = xp.arange(h, device=dev)[None, :, None]
+        rows_x = xp.arange(w, device=dev)[None, None, :]
+        drops = []
+        # rows are (image, window), image by image; occluded copies are made one block at a time
+        for block in calls.blocks(n * len(positions)):
+            rows = np.arange(block.start, block.stop)
+            images, windows = rows // len(positions), rows % len(positions)
+            y0 = xp.asarray(positions[windows, 0], device=dev)[:, None, None]
+            x0 = xp.asarray(positions[windows, 1], device=dev)[:, None, None]
+            inside = (rows_y >= y0) & (rows_y < y0 + win) & (rows_x >= x0) & (rows_x < x0 + win)
+            occluded = xp.where(inside[..., None], fill[None], calls.rows(x, images))
+            after = calls.target_scores(calls.predict(occluded), [targets[i] for i in images])
+            drops.append(calls.rows(scores, images) - after)
+            progress(block.stop / (n * len(positions)), f"{self.title}: {block.stop} of {n * len(positions)} occluded copies")
+        drops = xp.reshape(xp.concat(drops), (n, len(ys), len(xs)))
+        # each pixel: the mean drop over the windows covering it, as (rows covered) D (columns covered)
+        cover_y = xp.asarray(_coverage(ys, win, h), device=dev)
+        cover_x = xp.asarray(_coverage(xs, win, w), device=dev)
+        total = xp.matmul(xp.matmul(xp.permute_dims(cover_y, (1, 0))[None], drops), cover_x[None])
+        count = xp.sum(cover_y, axis=0)[:, None] * xp.sum(cover_x, axis=0)[None, :]
+        maps = xp.where(count > 0, total / xp.where(count > 0, count, xp.ones_like(count)), xp.zeros_like(total))
+        return [Partial(map=maps[i], target_score=scores[i]) for i in range(n)]
+
+
+def _coverage(starts: list[int], window: int, size: int) -> np.ndarray:
+    """[windows, size] float32: 1 where a window covers a pixel along one side."""
+    cover = np.zeros((len(starts), size), np.float32)
+    for k, start in enumerate(starts):
+        cover[k, start : start + window] = 1.0
+    return cover

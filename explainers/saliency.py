@@ -5,8 +5,6 @@ The gradient of the target score with respect to the input; absolute by default,
 
 from __future__ import annotations
 
-import numpy as np
-
 from .base import Cost, Explainer, Param, Partial, register
 
 
@@ -27,11 +25,11 @@ class Saliency(Explainer):
     def cost(cls, adapter, params=None, background_size=0):
         return Cost(forward=1, backward=1)
 
-    def _attribute(self, calls, batch, targets, params, seed, background, progress):
-        outputs, grads = calls.input_gradients(batch, targets)
+    def _attribute(self, calls, x, targets, params, seed, background, progress):
+        xp = calls.xp
+        outputs, grads = calls.input_gradients(x, targets)
         if params["abs"]:
-            grads = np.abs(grads)
-        return [
-            Partial(map=grads[i].sum(axis=-1), channels=grads[i], target_score=float(outputs[i, targets[i]]))
-            for i in range(len(batch))
-        ]
+            grads = xp.abs(grads)
+        maps = xp.sum(grads, axis=-1)
+        scores = calls.target_scores(outputs, targets)
+        return [Partial(map=maps[i], channels=grads[i], target_score=scores[i]) for i in range(len(targets))]

@@ -12,24 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import arrays
 from .base import Cost, Param, register
 from .cam import LAYER_PARAM, RELU_PARAM, CAMExplainer
-
-
-def _corner_axis(src: int, dst: int):
-    # aligned corners: output pixel k samples source position k * (src - 1) / (dst - 1)
-    pos = np.arange(dst, dtype=np.float64) * ((src - 1) / (dst - 1) if dst > 1 else 0.0)
-    lo = np.minimum(np.floor(pos).astype(np.int64), src - 1)
-    hi = np.minimum(lo + 1, src - 1)
-    return lo, hi, (pos - lo).astype(np.float32)
-
-
-def upsample_aligned(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """[k, h, w] -> [k, H, W], bilinear with aligned corners (torch ``align_corners=True``)."""
-    y0, y1, fy = _corner_axis(maps.shape[1], size[0])
-    x0, x1, fx = _corner_axis(maps.shape[2], size[1])
-    rows = maps[:, y0] * (1 - fy)[None, :, None] + maps[:, y1] * fy[None, :, None]
-    return (rows[:, :, x0] * (1 - fx) + rows[:, :, x1] * fx).astype(np.float32)
 
 
 @register
@@ -49,20 +34,22 @@ class ScoreCAM(CAMExplainer):
     def max_rows(self, params):
         return params["batch_size"]
 
-    def weights(self, calls, batch, targets, activations, gradients, params):
+    def weights(self, calls, x, targets, activations, gradients, params):
+        xp = calls.xp
         n, _, _, channels = activations.shape
         size = calls.adapter.input_size[:2]
-        step = params["batch_size"]
-        weights = np.zeros((n, channels), dtype=np.float32)
-        for i in range(n):
-            scores = np.empty(channels, dtype=np.float64)
-            # masks are made a batch at a time: all channels at input size would not fit for wide layers
-            for k in range(0, channels, step):
-                masks = upsample_aligned(np.moveaxis(activations[i, :, :, k : k + step], -1, 0), size)
-                lo = masks.min(axis=(1, 2), keepdims=True)
-                hi = masks.max(axis=(1, 2), keepdims=True)
-                masks = (masks - lo) / (hi - lo + 1e-8)
-                scores[k : k + step] = calls.predict(batch[i][None] * masks[:, :, :, None])[:, targets[i]]
-            scores -= scores.max()
-            weights[i] = np.exp(scores) / np.exp(scores).sum()
-        return weights
+        # one row per (image, channel), images one after another: blocks of masked inputs span images
+        per_channel = xp.reshape(xp.permute_dims(activations, (0, 3, 1, 2)), (n * channels, *activations.shape[1:3]))
+        scores = []
+        # masks are made a block at a time: all channels at input size would not fit for wide layers
+        for block in calls.blocks(n * channels):
+            masks = arrays.bilinear(xp, per_channel[block], size, aligned=True)
+            lo = xp.min(masks, axis=(1, 2), keepdims=True)
+            hi = xp.max(masks, axis=(1, 2), keepdims=True)
+            masks = (masks - lo) / (hi - lo + 1e-8)
+            images = np.arange(block.start, block.stop) // channels
+            masked = calls.rows(x, images) * masks[..., None]
+            scores.append(calls.target_scores(calls.predict(masked), [targets[i] for i in images]))
+        scores = xp.reshape(xp.concat(scores), (n, channels))
+        scores = xp.exp(scores - xp.max(scores, axis=1, keepdims=True))
+        return scores / xp.sum(scores, axis=1, keepdims=True)

@@ -21,8 +21,12 @@ MASKERS = {"blur": "blur(128,128)", "inpaint": "inpaint_telea", "inpaint_ns": "i
 def pixel_model(calls, preset):
     """The function shap calls: masked pixels in [0, 255] -> model outputs, chunked by our batching."""
 
+    adapter = calls.adapter
+
     def f(pixels: np.ndarray) -> np.ndarray:
-        return calls.predict(preset.apply(np.asarray(pixels, dtype=np.float32) / 255.0))
+        # shap ranks regions by the change of every output, on the host: the scores cross, the images do not
+        masked = adapter.device_array(preset.apply(np.asarray(pixels, dtype=np.float32) / 255.0))
+        return adapter.to_host(calls.predict(masked))
 
     return f
 
@@ -73,15 +77,15 @@ class ShapPartition(Explainer):
     def max_rows(self, params):
         return params["batch_size"]
 
-    def _attribute(self, calls, batch, targets, params, seed, background, progress):
+    def _attribute(self, calls, x, targets, params, seed, background, progress):
         import shap  # the library is the reference; imported only when this method runs
 
         preset = calls.adapter.preset
-        pixels = np.clip(preset.invert(batch), 0.0, 1.0) * 255.0
+        pixels = np.clip(preset.invert(calls.host_batch), 0.0, 1.0) * 255.0
         masker = shap.maskers.Image(MASKERS[params["masker"]], pixels.shape[1:])
         explainer = shap.PartitionExplainer(pixel_model(calls, preset), masker)
         partials = []
-        for i in range(len(batch)):
+        for i in range(len(targets)):
             with seeded_global_rng(seed):
                 explanation = explainer(
                     pixels[i : i + 1],
@@ -93,5 +97,5 @@ class ShapPartition(Explainer):
             values = np.asarray(explanation.values[0, ..., 0], dtype=np.float32)
             base = float(np.asarray(explanation.base_values).reshape(-1)[0])
             partials.append(Partial(map=values.sum(axis=-1), channels=values, reference_score=base))
-            progress((i + 1) / len(batch), f"{self.title}: image {i + 1}/{len(batch)}")
+            progress((i + 1) / len(targets), f"{self.title}: image {i + 1}/{len(targets)}")
         return partials

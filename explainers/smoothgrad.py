@@ -7,9 +7,15 @@ input's range (x_max - x_min, as in the paper). Absolute gradients by default, a
 
 from __future__ import annotations
 
-import numpy as np
+import math
 
-from .base import Cost, Explainer, Param, Partial, register, weighted_sum
+from array_api_compat import device as device_of
+
+from . import arrays
+from .base import Cost, Explainer, Param, Partial, register
+
+# noise shared by the images of one request is kept whole up to this size
+SHARED_NOISE_BYTES = 256 * 2**20
 
 
 @register
@@ -35,22 +41,37 @@ class SmoothGrad(Explainer):
         # + 1: the score of the image itself (the noisy copies do not give it)
         return Cost(forward=samples + 1, backward=samples)
 
-    def _attribute(self, calls, batch, targets, params, seed, background, progress):
-        partials = []
-        samples = params["samples"]
-        for i, x in enumerate(batch):
-            rng = np.random.default_rng(seed)
-            sigma = params["noise"] * float(x.max() - x.min())
-            total = np.zeros(x.shape, dtype=np.float64)
-            # noise drawn block by block continues one stream: the map does not depend on the chunk size
-            for block in calls.blocks(samples):
-                size = block.stop - block.start
-                noisy = x[None] + rng.normal(0.0, sigma, size=(size, *x.shape)).astype(np.float32)
-                _, grads = calls.input_gradients(noisy, [targets[i]] * size)
-                if params["abs"]:
-                    grads = np.abs(grads)
-                total += weighted_sum(np.full(size, 1.0 / samples), grads)
-            mean = total.astype(np.float32)
-            partials.append(Partial(map=mean.sum(axis=-1), channels=mean))
-            progress((i + 1) / len(batch), f"{self.title}: image {i + 1}/{len(batch)}")
-        return partials
+    def _attribute(self, calls, x, targets, params, seed, background, progress):
+        xp = calls.xp
+        n, samples = len(targets), params["samples"]
+        shape = tuple(x.shape[1:])
+        size = math.prod(shape)
+        flat = xp.reshape(x, (n, size))
+        sigma = params["noise"] * (xp.max(flat, axis=1) - xp.min(flat, axis=1))
+        total = xp.zeros(x.shape, dtype=xp.float32, device=device_of(x))
+        # every image draws the same noise: made once per request where it fits, else per block
+        shared = None
+        if samples * size * 4 <= SHARED_NOISE_BYTES and n > 1:
+            shared = arrays.normal(xp, (samples, *shape), seed, 0, device_of(x))
+        # rows are (image, sample), image by image; blocks span images. Sample s of every image draws the
+        # noise at counters [s * size, (s + 1) * size) of the seed: the map depends on neither the chunk
+        # size nor the other images of the request.
+        for block in calls.blocks(n * samples):
+            parts, images = [], []
+            for i, first, stop, _ in arrays.segments(block, samples):
+                if shared is not None:
+                    noise = shared[first:stop]
+                else:
+                    noise = arrays.normal(xp, (stop - first, *shape), seed, first * size, device_of(x))
+                parts.append(x[i : i + 1] + sigma[i] * noise)
+                images += [i] * (stop - first)
+            noisy = parts[0] if len(parts) == 1 else xp.concat(parts)
+            _, grads = calls.input_gradients(noisy, [targets[i] for i in images])
+            if params["abs"]:
+                grads = xp.abs(grads)
+            for i, first, stop, offset in arrays.segments(block, samples):
+                total[i, ...] = total[i, ...] + xp.sum(grads[offset : offset + stop - first], axis=0)
+            progress(block.stop / (n * samples), f"{self.title}: {block.stop} of {n * samples} noisy copies")
+        mean = total / samples
+        maps = xp.sum(mean, axis=-1)
+        return [Partial(map=maps[i], channels=mean[i]) for i in range(n)]

@@ -209,16 +209,24 @@ def test_no_explainer_module_imports_a_framework():
 
 
 # ---------------------------------------------------------------- shared helpers
+@pytest.mark.parametrize("namespace", ["numpy", "torch"])
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW view"])
-def test_weighted_sum_reads_either_layout(layout):
-    from explainers.base import weighted_sum
+def test_weighted_sum_reads_either_layout(layout, namespace):
+    import array_api_compat.numpy as xn
+    import array_api_compat.torch as xt
+
+    from explainers.arrays import weighted_sum
 
     rng = np.random.default_rng(0)
     stack = rng.standard_normal((5, 4, 6, 3)).astype(np.float32)
+    weights = rng.random(5)
+    expected = np.tensordot(weights, stack, axes=(0, 0))
     if layout == "NCHW view":  # what a channels-first adapter hands back: a transposed view
         stack = np.ascontiguousarray(stack.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)
-    weights = rng.random(5)
-    np.testing.assert_allclose(weighted_sum(weights, stack), np.tensordot(weights, stack, axes=(0, 0)), rtol=1e-5, atol=1e-6)
+    xp = xn if namespace == "numpy" else xt
+    if namespace == "torch":
+        stack, weights = torch.from_numpy(np.ascontiguousarray(stack.transpose(0, 3, 1, 2))).permute(0, 2, 3, 1), torch.from_numpy(weights)
+    np.testing.assert_allclose(np.asarray(weighted_sum(xp, weights, stack)), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("n, chunk, sizes", [(50, 27, [25, 25]), (50, 64, [50]), (7, 3, [3, 2, 2]), (65, 64, [33, 32])])
@@ -819,7 +827,7 @@ class FakeOutOfMemory(RuntimeError):
 
 
 class SmallDeviceAdapter(TorchAdapter):
-    """A device that only takes ``limit`` rows at a time."""
+    """A device that only takes ``limit`` rows at a time (the explainers call the device primitives)."""
 
     limit = 3
 
@@ -833,21 +841,21 @@ class SmallDeviceAdapter(TorchAdapter):
         if len(batch) > self.limit:
             raise FakeOutOfMemory(f"fake device holds {self.limit} rows, got {len(batch)}")
 
-    def predict(self, batch):
+    def predict_on_device(self, batch):
         self._guard(batch)
-        return super().predict(batch)
+        return super().predict_on_device(batch)
 
-    def input_gradients(self, batch, targets):
+    def input_gradients_on_device(self, batch, targets):
         self._guard(batch)
-        return super().input_gradients(batch, targets)
+        return super().input_gradients_on_device(batch, targets)
 
-    def layer_gradients(self, batch, layer, targets):
+    def layer_gradients_on_device(self, batch, layer, targets):
         self._guard(batch)
-        return super().layer_gradients(batch, layer, targets)
+        return super().layer_gradients_on_device(batch, layer, targets)
 
-    def layer_activations(self, batch, layer):
+    def layer_activations_on_device(self, batch, layer):
         self._guard(batch)
-        return super().layer_activations(batch, layer)
+        return super().layer_activations_on_device(batch, layer)
 
     def is_out_of_memory(self, error):
         return isinstance(error, FakeOutOfMemory)

@@ -356,6 +356,8 @@ class ModelAdapter(abc.ABC):
         # then "logits" or "probabilities" (see set_score).
         self.score: str | None = None
         self._softmax_head = False
+        # bytes this adapter has handed to the host from device arrays (see to_host)
+        self.host_bytes = 0
 
     # ------------------------------------------------------------------ primitives
     @abc.abstractmethod
@@ -373,6 +375,43 @@ class ModelAdapter(abc.ABC):
     @abc.abstractmethod
     def layer_activations(self, batch: np.ndarray, layer: str) -> tuple[np.ndarray, np.ndarray]:
         """-> (outputs [N, K], activations [N, h, w, c]) without any gradient."""
+
+    # ------------------------------------------------------------------ device arrays
+    # Explainers compute where the model's arrays live: the adapter names their array namespace (the
+    # Python array API standard through array-api-compat) and the primitives below take and return
+    # arrays of that namespace on the model's device, NHWC. Only ``to_host`` moves data to the host.
+    # The default is numpy on the host (the Keras adapter); the torch adapter keeps tensors on its device.
+    @property
+    def xp(self):
+        import array_api_compat.numpy as xp
+
+        return xp
+
+    def device_array(self, host: np.ndarray):
+        """Host float32 model input (or any host numbers) -> an array on the model's device."""
+        return np.asarray(host, dtype=np.float32)
+
+    def to_host(self, array) -> np.ndarray:
+        """A device array -> numpy; the bytes are counted in ``host_bytes``."""
+        out = np.asarray(array)
+        self.host_bytes += out.nbytes
+        return out
+
+    def predict_on_device(self, x):
+        """:meth:`predict` on a device array, the outputs left on the device."""
+        return self.predict(x)
+
+    def input_gradients_on_device(self, x, targets: Sequence[int]):
+        """:meth:`input_gradients` on a device array; outputs and gradients left on the device."""
+        return self.input_gradients(x, targets)
+
+    def layer_gradients_on_device(self, x, layer: str, targets: Sequence[int]) -> LayerPass:
+        """:meth:`layer_gradients` on a device array; its arrays left on the device."""
+        return self.layer_gradients(x, layer, targets)
+
+    def layer_activations_on_device(self, x, layer: str):
+        """:meth:`layer_activations` on a device array; outputs and activations left on the device."""
+        return self.layer_activations(x, layer)
 
     @abc.abstractmethod
     def _trace_layers(self) -> list[LayerInfo]:

@@ -71,16 +71,37 @@ class TorchAdapter(ModelAdapter):
         self._modules = dict(module.named_modules())
 
     # ------------------------------------------------------------------ conversions
-    def _to_tensor(self, batch: np.ndarray) -> "torch.Tensor":
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self._device)
+    # ------------------------------------------------------------------ device arrays
+    @property
+    def xp(self):
+        import array_api_compat.torch as xp
+
+        return xp
+
+    def device_array(self, host) -> "torch.Tensor":
+        if isinstance(host, torch.Tensor):
+            return host.to(self._device, torch.float32)
+        return torch.from_numpy(np.ascontiguousarray(host, dtype=np.float32)).to(self._device)
+
+    def to_host(self, array) -> np.ndarray:
+        if isinstance(array, torch.Tensor):
+            array = array.detach()
+            if array.dtype in (torch.float16, torch.bfloat16):
+                array = array.float()
+            array = array.cpu().numpy()
+        return super().to_host(array)
+
+    def _to_tensor(self, batch) -> "torch.Tensor":
+        """NHWC model input (numpy, or a tensor on any device) -> the module's layout on its device."""
+        x = self.device_array(batch)
         if self.layout == "NCHW":
             x = x.permute(0, 3, 1, 2).contiguous()
         return x
 
-    def _input_grad_to_numpy(self, grad: "torch.Tensor") -> np.ndarray:
+    def _input_grad_nhwc(self, grad: "torch.Tensor") -> "torch.Tensor":
         if self.layout == "NCHW":
             grad = grad.permute(0, 2, 3, 1)
-        return grad.detach().float().cpu().numpy()
+        return grad.detach().float()
 
     @staticmethod
     def _channels_last(t: "torch.Tensor") -> np.ndarray:
@@ -95,7 +116,8 @@ class TorchAdapter(ModelAdapter):
         return self._forms.get(layer, ("raw",))
 
     @staticmethod
-    def _as_grid(t: "torch.Tensor", form: tuple) -> np.ndarray:
+    def _as_grid(t: "torch.Tensor", form: tuple) -> "torch.Tensor":
+        """A layer's raw output -> [N, h, w, c] on its device (a view where the layout allows)."""
         t = t.detach().float()
         if form[0] == "nchw" and t.ndim == 4:
             t = t.permute(0, 2, 3, 1)
@@ -103,7 +125,7 @@ class TorchAdapter(ModelAdapter):
             # pytorch-grad-cam's ViT reshape_transform: drop the leading (class, ...) tokens, patches to the grid
             _, prefix, h, w = form
             t = t[:, prefix:, :].reshape(t.shape[0], h, w, t.shape[2])
-        return t.cpu().numpy()
+        return t
 
     def _forward(self, x: "torch.Tensor") -> "torch.Tensor":
         transform = self._score_transform()
@@ -215,19 +237,19 @@ class TorchAdapter(ModelAdapter):
     # Every forward pass holds the model's lock: a hook that ``_capture`` registers for one call is
     # seen by every thread, so a forward pass running beside it would go through the hook, get a
     # detached layer output (its input gradient cut off) and overwrite what the hook captured.
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        with self.lock, torch.inference_mode():
-            return self._forward(self._to_tensor(batch)).float().cpu().numpy()
+    def predict_on_device(self, x):
+        with self.lock, torch.no_grad():
+            return self._forward(self._to_tensor(x)).float()
 
-    def input_gradients(self, batch, targets):
-        x = self._to_tensor(batch).requires_grad_(True)
+    def input_gradients_on_device(self, x, targets):
+        x = self._to_tensor(x).requires_grad_(True)
         with self.lock, torch.enable_grad():
             out = self._forward(x)
             (grad,) = torch.autograd.grad(self._target_sum(out, targets), x)
-        return out.detach().float().cpu().numpy(), self._input_grad_to_numpy(grad)
+        return out.detach().float(), self._input_grad_nhwc(grad)
 
-    def layer_gradients(self, batch, layer, targets):
-        x = self._to_tensor(batch)
+    def layer_gradients_on_device(self, x, layer, targets):
+        x = self._to_tensor(x)
         form = self._grid_form(layer)
         with self._capture(layer, gradients=True) as captured:
             with torch.no_grad():  # the hook turns autograd on at the layer
@@ -238,20 +260,32 @@ class TorchAdapter(ModelAdapter):
             if not out.requires_grad:
                 raise LayerError(f"The model's output does not depend on layer {layer!r}.")
             (grad,) = torch.autograd.grad(self._target_sum(out, targets), act)
-        return LayerPass(
-            outputs=out.detach().float().cpu().numpy(),
-            activations=self._as_grid(act, form),
-            gradients=self._as_grid(grad, form),
-        )
+        return LayerPass(outputs=out.detach().float(), activations=self._as_grid(act, form), gradients=self._as_grid(grad, form))
 
-    def layer_activations(self, batch, layer):
+    def layer_activations_on_device(self, x, layer):
         form = self._grid_form(layer)
-        with self._capture(layer) as captured, torch.inference_mode():
-            out = self._forward(self._to_tensor(batch))
+        with self._capture(layer) as captured, torch.no_grad():
+            out = self._forward(self._to_tensor(x))
             act = captured.get("out")
             if not isinstance(act, torch.Tensor):
                 raise LayerError(f"Layer {layer!r} did not produce a single tensor in the forward pass.")
-            return out.float().cpu().numpy(), self._as_grid(act, form)
+            return out.float(), self._as_grid(act, form)
+
+    # the numpy primitives: the device ones, then to the host
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        return self.to_host(self.predict_on_device(batch))
+
+    def input_gradients(self, batch, targets):
+        out, grad = self.input_gradients_on_device(batch, targets)
+        return self.to_host(out), self.to_host(grad)
+
+    def layer_gradients(self, batch, layer, targets):
+        p = self.layer_gradients_on_device(batch, layer, targets)
+        return LayerPass(outputs=self.to_host(p.outputs), activations=self.to_host(p.activations), gradients=self.to_host(p.gradients))
+
+    def layer_activations(self, batch, layer):
+        out, act = self.layer_activations_on_device(batch, layer)
+        return self.to_host(out), self.to_host(act)
 
     def _trace_layers(self) -> list[LayerInfo]:
         self._forms = {}

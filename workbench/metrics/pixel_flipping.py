@@ -78,7 +78,8 @@ def perturbation_curves(
         rank = ranks(maps[i])[..., None]
         for block in calls.blocks(len(bounds)):  # inputs built a chunk at a time: memory bounded by the chunk
             rows = np.stack([np.where(rank < b, end[i], start[i]) for b in bounds[block]]).astype(np.float32)
-            curves[i, block] = probabilities(calls.predict(rows), adapter.output_kind)[:, targets[i]]
+            scores = adapter.to_host(calls.predict(adapter.device_array(rows)))
+            curves[i, block] = probabilities(scores, adapter.output_kind)[:, targets[i]]
         progress((i + 1) / n, f"{label}: image {i + 1} of {n}")
     return bounds / float(h * w), curves, calls.forward
 

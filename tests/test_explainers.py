@@ -379,7 +379,7 @@ def test_gradcam_never_takes_input_gradients(frozen, monkeypatch, images):
         p.requires_grad_(not frozen)
     adapter = TorchAdapter(model, name="tiny", source_format="test", input_size=SIZE)
     called = []
-    monkeypatch.setattr(adapter, "input_gradients", lambda *a, **k: called.append(a) or pytest.fail("input gradients"))
+    monkeypatch.setattr(adapter, "input_gradients_on_device", lambda *a, **k: called.append(a) or pytest.fail("input gradients"))
     inputs, input_grads = [], []
 
     def watch_input(_module, args):

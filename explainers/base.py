@@ -2,7 +2,9 @@
 
 Each method follows the same steps (as captum's): normalise parameters -> validate ->
 compute (``_attribute``) -> format one :class:`~workbench.result.Attribution` per image.
-Explainers only speak numpy to the adapter; they never import a framework.
+Explainers never import a framework: they compute with the adapter's array namespace
+(``adapter.xp``, the Python array API) on the model's device, and the base moves the finished
+maps to the host once per request.
 """
 
 from __future__ import annotations

@@ -40,6 +40,16 @@ from .errors import ParameterError, WorkbenchError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 DEFAULT_CHUNK = 8
 Progress = Callable[[int, int, float], None]  # images done, images total, seconds elapsed
+TRACE_VARIABLE = "WORKBENCH_BATCH_TRACE"  # a file: driver, workers and actors append timed events to it
+
+
+def trace(event: str, **info: Any) -> None:
+    """One JSON line (wall-clock time, process, event) in ``$WORKBENCH_BATCH_TRACE``, if set; what
+    ``benchmarks/bench_batch.py --trace`` reads to tell where a job's time goes."""
+    path = os.environ.get(TRACE_VARIABLE)
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"t": time.time(), "pid": os.getpid(), "event": event, **info}) + "\n")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +115,18 @@ def image_keys(paths: Sequence[str]) -> list[str]:
     return [str(Path(p).resolve().relative_to(root).with_suffix("")).replace(os.sep, "-") for p in paths]
 
 
+def _process_started() -> float | None:
+    """When this process started (wall clock), for the trace; None where it cannot be told."""
+    if not os.environ.get(TRACE_VARIABLE):
+        return None
+    try:
+        import psutil  # a dependency of Ray, not of the workbench
+
+        return psutil.Process().create_time()
+    except ImportError:
+        return None
+
+
 # ---------------------------------------------------------------------------- one chunk, in a worker
 def _one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
@@ -115,6 +137,7 @@ class ChunkRunner:
     """Loads the model once; each call explains one chunk of images (dicts with ``path`` and ``key``)."""
 
     def __init__(self, job: BatchJob):
+        trace("worker.init", process_started=_process_started())
         import explainers
 
         from .cli import open_model, resolve_target  # the same loading path and target rule as ``explain``
@@ -131,10 +154,12 @@ class ChunkRunner:
         self.target = resolve_target(job.target, self.adapter.labels)
         self.params = {name: explainers.REGISTRY[name].normalise_params(job.params.get(name)) for name in job.methods}
         self.evaluate = metric_evaluator(job.metrics, job.metric_params, seed=job.seed) if job.metrics else None
+        trace("worker.ready")
 
     def __call__(self, items: Sequence[Mapping[str, str]]) -> list[dict[str, Any]]:
         from .images import load_image
 
+        started = time.time()
         rows: list[dict[str, Any]] = []
         loaded = []
         for item in items:
@@ -154,6 +179,7 @@ class ChunkRunner:
                     rows += self._explain([pair])
                 except Exception as error:  # noqa: BLE001
                     rows.append(failure_row(pair[0], _one_line(error)))
+        trace("chunk", started=started, images=len(items))
         return rows
 
     def _explain(self, loaded) -> list[dict[str, Any]]:
@@ -302,31 +328,53 @@ def _plain(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def run_ray(job: BatchJob, items: Sequence[dict], workers: int, gpus_per_worker: float, address: str) -> Iterator[list[dict[str, Any]]]:
+RAY_LOCAL_OPTIONS: dict[str, Any] = {
+    "include_dashboard": False,
+    "log_to_driver": False,
+    "configure_logging": False,
+    "_system_config": {
+        # Ray's idle worker processes import Ray Data before they are needed, as the local pool's fresh
+        # processes need not: otherwise each actor imports it (0.4 s and more) before it loads the model
+        "preload_python_modules": ["ray.data"],
+        # nothing reads Ray's metrics or task timeline from a local Ray that lives for one command
+        "enable_metrics_collection": False,
+        "enable_timeline": False,
+    },
+}
+
+
+def start_ray(address: str) -> None:
+    """Connect to Ray (``local``: start one on this machine) and load Ray Data, once per process."""
     import ray
+    import ray.data  # noqa: F401 - its import (about 0.4 s) belongs to starting Ray, not to the job
 
     if not ray.is_initialized():
         if address == "local":
-            ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            ray.init(num_cpus=os.cpu_count(), **RAY_LOCAL_OPTIONS)
         else:
             ray.init(address=None if address == "auto" else address, log_to_driver=False)
     import logging
 
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress line tells the progress
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    dataset = ray.data.from_items(list(items))
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.enable_operator_progress_bars = False
+
+
+def run_ray(job: BatchJob, items: Sequence[dict], workers: int, gpus_per_worker: float, address: str) -> Iterator[list[dict[str, Any]]]:
+    import ray.data
+
+    start_ray(address)
+    # one block per chunk: each block is one map_batches call, with no re-bundling of 1-row blocks
+    dataset = ray.data.from_items(list(items), override_num_blocks=math.ceil(len(items) / job.chunk_size))
     kwargs: dict[str, Any] = {"num_gpus": gpus_per_worker} if gpus_per_worker else {"num_cpus": max(1, (os.cpu_count() or 1) // workers)}
     explained = dataset.map_batches(
-        RayChunkRunner, fn_constructor_args=(job,), batch_size=job.chunk_size, concurrency=workers, batch_format="numpy", **kwargs
+        RayChunkRunner, fn_constructor_args=(job,), batch_size=job.chunk_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=workers), **kwargs,
     )
-    for batch in explained.iter_batches(batch_size=None, batch_format="pandas"):
-        yield [{k: _from_pandas(v) for k, v in row.items()} for row in batch.to_dict("records")]
-
-
-def _from_pandas(value):
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return _plain(value)
+    for batch in explained.iter_batches(batch_size=None, batch_format="pyarrow"):
+        yield batch.to_pylist()
 
 
 # ---------------------------------------------------------------------------- the driver
@@ -404,6 +452,7 @@ def run_batch(
     done = {row["path"] for row in done_rows}
     todo = [item for item in items if item["path"] not in done]
     writer = ResultWriter(out, job.methods)
+    trace("job.start", engine="ray" if ray else "local", workers=workers)
     started = time.perf_counter()
     completed = 0
     if progress:
@@ -415,6 +464,7 @@ def run_batch(
             chunks = [todo[i : i + job.chunk_size] for i in range(0, len(todo), job.chunk_size)]
             stream = run_local(job, chunks, workers)
         for rows in stream:
+            trace("rows", rows=len(rows))
             completed += writer.add(rows)
             if progress:
                 progress(len(done) + completed, len(items), time.perf_counter() - started)
@@ -423,6 +473,7 @@ def run_batch(
     write_parquet(rows, out / "results.parquet")
     summary = summarise(rows, job, seconds=seconds, images_this_run=completed, engine="ray" if ray else "local", workers=workers)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    trace("job.end")
     return summary
 
 

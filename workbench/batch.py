@@ -351,7 +351,7 @@ def start_ray(address: str) -> None:
     if not ray.is_initialized():
         if address == "local":
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            ray.init(num_cpus=os.cpu_count(), **RAY_LOCAL_OPTIONS)
+            ray.init(address="local", num_cpus=os.cpu_count(), **RAY_LOCAL_OPTIONS)  # a new one, whatever else runs here
         else:
             ray.init(address=None if address == "auto" else address, log_to_driver=False)
     import logging

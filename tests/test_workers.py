@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -290,3 +291,100 @@ def test_the_cli_parent_never_imports_torch_or_tensorflow(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert "CODE 0 LOADED []" in result.stdout, result.stdout + result.stderr[-2000:]
     assert (tmp_path / "out" / "summary.json").is_file()
+
+
+# --------------------------------------------------------------------------- cancel reaches the worker
+def reaped(pid: int) -> bool:
+    """The process is gone and waited for: no /proc entry, or (pid reused) not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state != "Z"
+
+
+@needs_zoo
+def test_cancel_stops_a_running_worker_call_within_two_seconds_and_the_model_reloads():
+    adapter = session.load_in_worker(zoo_key("shapes-cnn-torch"), None)
+    first = adapter.worker_pid
+    asked = threading.Event()
+    threading.Timer(1.0, asked.set).start()
+    started = time.monotonic()
+    with pytest.raises(workers.Cancelled) as caught:
+        workers.call(adapter, slow, 60.0, cancel=asked.is_set)
+    late = time.monotonic() - started - 1.0
+    assert late < 2.0, f"the call ended {late:.2f} s after cancel"
+    assert "\n" not in str(caught.value)
+    assert reaped(first), "the cancelled worker is killed and waited for"
+    x = np.zeros((1, 64, 64, 3), np.float32)
+    assert adapter.predict(x).shape == (1, 6), "the next call reloads the model on a fresh worker"
+    assert adapter.worker_pid not in (None, first)
+
+
+@needs_zoo
+def test_a_progress_callback_that_raises_abandons_the_worker_so_no_stale_answer_is_read(monkeypatch):
+    """Streamlit interrupts a script for a rerun by raising at its next st call, e.g. inside a progress
+    callback: the worker, still computing, must never answer the next request with the old result."""
+    adapter = session.load_in_worker(zoo_key("shapes-cnn-torch"), None)
+    first = adapter.worker_pid
+
+    class Interrupted(BaseException):
+        pass
+
+    def progress(fraction, message):
+        raise Interrupted()
+
+    images = sample_images(1)
+    request = engine.ExplainRequest.build(
+        engine.ModelRecord.of(adapter, source="zoo", filename="shapes-cnn-torch"),
+        [engine.ImageRef(im.name, im.sha256) for im in images], ["saliency"],
+    )
+    with pytest.raises(Interrupted):
+        engine.Engine(adapter, {im.sha256: im for im in images}, forward_seconds=0.001).run(request, progress)
+    assert reaped(first)
+    assert workers.call(adapter, input_shape) == (64, 64, 3), "the next call gets its own answer"
+    assert adapter.worker_pid not in (None, first)
+
+
+@needs_zoo
+def test_engine_cancel_returns_the_methods_that_finished_flagged_as_cancelled(monkeypatch):
+    from worker_functions import explain_stalling_on
+
+    adapter = session.load_in_worker(zoo_key("shapes-cnn-torch"), None)
+    first = adapter.worker_pid
+    images = sample_images(2)
+    lookup = {im.sha256: im for im in images}
+    request = engine.ExplainRequest.build(
+        engine.ModelRecord.of(adapter, source="zoo", filename="shapes-cnn-torch"),
+        [engine.ImageRef(im.name, im.sha256) for im in images], ["gradcam", "saliency", "integrated_gradients"],
+    )
+    original = engine.Engine._explain
+
+    def stalling(self, method, *args, progress, cancel, doing):
+        self.explainer_calls += 1
+        return workers.call(self.adapter, explain_stalling_on, "saliency", method, *args, progress=progress, cancel=cancel, doing=doing)
+
+    monkeypatch.setattr(engine.Engine, "_explain", stalling)
+    asked = {}
+
+    def progress(fraction, message):
+        if "stalling" in message and "at" not in asked:
+            asked["at"] = time.monotonic() + 0.5  # cancel half a second into the stalled method
+
+    runner = engine.Engine(adapter, lookup, forward_seconds=0.001)
+    comparison = runner.run(request, progress, cancel=lambda: "at" in asked and time.monotonic() >= asked["at"])
+    late = time.monotonic() - asked["at"]
+    assert late < 2.0, f"run returned {late:.2f} s after cancel"
+    assert comparison.methods == ("gradcam",) and len(comparison.results) == 2
+    assert comparison.request.method_names == ("gradcam",), "the provenance says what the maps are"
+    stopped = comparison.stopped
+    assert stopped is not None and stopped.running == "saliency" and stopped.not_run == ("integrated_gradients",)
+    assert engine.stopped_line(stopped) == (
+        "Cancelled: 1 of 3 methods finished; Saliency was running and Integrated Gradients did not start (not in this run)."
+    )
+    assert reaped(first)
+
+    monkeypatch.setattr(engine.Engine, "_explain", original)
+    again = engine.Engine(adapter, lookup, forward_seconds=0.001).run(request)
+    assert again.methods == request.method_names and again.stopped is None, "the next request on the model works"
+    assert np.array_equal(again.results[0][0].map, comparison.results[0][0].map)

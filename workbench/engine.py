@@ -29,7 +29,7 @@ import numpy as np
 from .adapters.base import ModelAdapter
 from .errors import ParameterError
 from .images import LoadedImage
-from .result import Attribution, Comparison, ExplainedImage
+from .result import Attribution, Comparison, ExplainedImage, Stopped
 from .settings import Settings, get_settings
 
 log = logging.getLogger("workbench.engine")
@@ -427,7 +427,14 @@ class Engine:
         *,
         work: Plan | None = None,
     ) -> Comparison:
-        """Compute what is missing (one worker call per method) and assemble the comparison."""
+        """Compute what is missing (one worker call per method) and assemble the comparison.
+
+        ``cancel`` is polled while a method computes (about every 0.25 s): when it returns True the
+        model's worker is stopped at once (the model reloads on a fresh worker for its next call) and
+        the comparison of the methods that finished is returned, with ``stopped`` saying which method
+        was running and which did not start. Each method's maps are cached as it finishes.
+        Raises :class:`~workbench.workers.Cancelled` (one line) when no method had finished.
+        """
         from .workers import Cancelled
 
         work = work if work is not None and work.request == request else self.plan(request)
@@ -438,7 +445,7 @@ class Engine:
         computed: dict[str, Attribution] = {}
         for method in todo:
             if cancel is not None and cancel():
-                raise Cancelled("Cancelled; the maps computed so far are kept.")
+                return self.stopped(request, computed)
             indexes = work.missing[method]
 
             def report(fraction: float, message: str, _start=done, _weight=weights[method]) -> None:
@@ -451,18 +458,22 @@ class Engine:
             if request.uses_background(method):
                 background = np.stack([self._pixels(self._image(b)) for b in request.background]).astype(np.float32)
             targets = [request.targets[i] for i in indexes]
-            results = self._explain(
-                method,
-                request.params[method],
-                pixels,
-                None if targets[0] is None else targets,
-                request.seed,
-                background,
-                [request.images[i].sha256 for i in indexes],
-                progress=report,
-                cancel=cancel,
-                doing=f"computing {method} for {request.model.name}",
-            )
+            try:
+                results = self._explain(
+                    method,
+                    request.params[method],
+                    pixels,
+                    None if targets[0] is None else targets,
+                    request.seed,
+                    background,
+                    [request.images[i].sha256 for i in indexes],
+                    progress=report,
+                    cancel=cancel,
+                    doing=f"computing {method} for {request.model.name}",
+                )
+            except Cancelled:
+                log.info("%s on %s cancelled after %.2f s", method, request.model.name, time.perf_counter() - started)
+                return self.stopped(request, computed, running=method)
             log.info("%s on %d image(s) of %s in %.2f s", method, len(indexes), request.model.name, time.perf_counter() - started)
             for i, result in zip(indexes, results):
                 key = request.result_key(i, method)
@@ -474,6 +485,29 @@ class Engine:
         found = self.assemble(request, computed)
         assert found is not None, "a computed map left the cache before the comparison was assembled"
         return found
+
+    def stopped(self, request: ExplainRequest, extra: Mapping[str, Attribution] | None = None, *,
+                running: str | None = None, reason: str = "cancelled") -> Comparison:
+        """The comparison of the request's methods whose maps are all computed (cached or in ``extra``),
+        its request narrowed to them and ``stopped`` naming the rest. Calls no explainer.
+
+        Raises :class:`~workbench.workers.Cancelled` with the same one line when none had finished.
+        """
+        from .workers import Cancelled
+
+        extra = extra or {}
+        finished = tuple(
+            m for m in request.method_names
+            if all(extra.get(request.result_key(i, m)) is not None or self.cache.get(request.result_key(i, m)) is not None
+                   for i in range(len(request.images)))
+        )
+        note = Stopped(reason, request.method_names, finished, running)
+        if not finished:
+            raise Cancelled(stopped_line(note))
+        narrowed = dataclasses.replace(request, methods=tuple(m for m in request.methods if m.name in finished))
+        found = self.assemble(narrowed, extra)
+        assert found is not None, "a finished map left the cache before the comparison was assembled"
+        return dataclasses.replace(found, stopped=note)
 
     def assemble(self, request: ExplainRequest, extra: Mapping[str, Attribution] | None = None) -> Comparison | None:
         """The comparison from cached results only (None when any is missing). Calls no explainer."""
@@ -513,6 +547,13 @@ class Engine:
             created=time.time(),
             request=request,
         )
+
+
+def stopped_line(note: Stopped) -> str:
+    """The one line that says how far a stopped run got, with the methods' titles."""
+    import explainers
+
+    return note.line(lambda name: explainers.REGISTRY[name].title if name in explainers.REGISTRY else name)
 
 
 class _NoCache:

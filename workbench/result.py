@@ -119,6 +119,53 @@ class ExplainedImage:
         return self.original, to_original(attribution_map, Placement.from_dict(self.placement))
 
 
+@dataclasses.dataclass(frozen=True)
+class Stopped:
+    """A run that stopped before every method finished: what was asked, and which method was running.
+
+    A comparison carrying one holds only the methods that finished (its request is narrowed to
+    them); the rest were not computed. Saved with the run and shown wherever it opens.
+    """
+
+    reason: str  # "cancelled": the user pressed Cancel, left the page or closed it
+    asked: tuple[str, ...]  # every method the run was asked for, in order
+    finished: tuple[str, ...]  # those whose maps are in the comparison
+    running: str | None = None  # the method that was computing when the run stopped (its maps are dropped)
+
+    def __post_init__(self):
+        object.__setattr__(self, "asked", tuple(str(m) for m in self.asked))
+        object.__setattr__(self, "finished", tuple(str(m) for m in self.finished))
+
+    @property
+    def not_run(self) -> tuple[str, ...]:
+        """The methods asked for that were neither finished nor running."""
+        return tuple(m for m in self.asked if m not in self.finished and m != self.running)
+
+    def line(self, title=lambda name: name) -> str:
+        """One line for the user, e.g. ``Cancelled: 2 of 3 methods finished; SHAP was running and is not in this run.``"""
+        text = f"{self.reason.capitalize()}: {len(self.finished)} of {len(self.asked)} methods finished"
+        dropped = []
+        if self.running:
+            dropped.append(f"{title(self.running)} was running")
+        if self.not_run:
+            dropped.append(f"{', '.join(title(m) for m in self.not_run)} did not start")
+        if dropped:
+            text += "; " + " and ".join(dropped) + (" (not in this run)" if self.finished else "")
+        return text + "."
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reason": self.reason, "asked": list(self.asked), "finished": list(self.finished), "running": self.running}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Stopped | None":
+        if not isinstance(data, Mapping):
+            return None
+        try:
+            return cls(str(data["reason"]), tuple(data["asked"]), tuple(data["finished"]), data.get("running"))
+        except (KeyError, TypeError):
+            return None
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Comparison:
     """Methods x images for one model: what the grid shows, the store saves and a share link reopens.
@@ -137,6 +184,7 @@ class Comparison:
     run_id: str | None = None
     owner: str | None = None
     request: Any = None  # the workbench.engine.ExplainRequest it answers (its typed provenance); None for older runs
+    stopped: Stopped | None = None  # set when the run stopped before every method asked for finished
 
     def result(self, image_index: int, method: str) -> Attribution:
         return self.results[image_index][self.methods.index(method)]
@@ -151,6 +199,7 @@ class Comparison:
             "methods": list(self.methods),
             "versions": dict(self.versions),
             "request": self.request.to_json() if self.request is not None else None,
+            "stopped": self.stopped.to_json() if self.stopped is not None else None,
             "images": [
                 {
                     "name": im.name,

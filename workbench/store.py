@@ -61,7 +61,7 @@ import numpy as np
 import sqlalchemy as sa
 
 from .errors import ParameterError, RunNotFound, WorkbenchError
-from .result import Attribution, Comparison, ExplainedImage
+from .result import Attribution, Comparison, ExplainedImage, Stopped
 from .settings import Settings, get_settings
 
 log = logging.getLogger("workbench.store")
@@ -501,6 +501,7 @@ class RunStore:
             run_id=run_id,
             owner=summary.get("owner"),
             request=_request(summary.get("request")),
+            stopped=Stopped.from_json(summary.get("stopped")),
         )
 
     def model_bytes(self, run_id: str) -> bytes | None:

@@ -315,9 +315,9 @@ class ModelWorker:
             except (EOFError, OSError, ConnectionResetError):
                 raise self._died(doing) from None
             if isinstance(message, protocol.Progress):
-                if progress is not None:
+                if progress is not None and not (cancel is not None and cancel()):
                     progress(message.fraction, message.message)
-                continue
+                continue  # a cancel is acted on at the top of the loop
             return message
 
     def _wait_ready(self) -> None:
@@ -344,7 +344,18 @@ class ModelWorker:
                 except (OSError, BrokenPipeError):
                     raise self._died(doing) from None
                 deadline = time.monotonic() + seconds
-                reply = self._receive(deadline, doing, setting=setting, seconds=seconds, progress=progress, cancel=cancel)
+                try:
+                    reply = self._receive(deadline, doing, setting=setting, seconds=seconds, progress=progress, cancel=cancel)
+                except WorkbenchError:
+                    raise
+                except BaseException:
+                    # a progress or cancel callback raised (e.g. Streamlit interrupting the script for a rerun):
+                    # the worker is still computing the request and would answer it later, to whoever asks next,
+                    # so its pipe is never used again; the next call reloads the model on a fresh worker
+                    self._stopped_for = Cancelled(f"Interrupted while {doing}.")
+                    self.kill()
+                    self._died(doing)
+                    raise
             finally:
                 self.busy = False
                 self._doing = "idle"

@@ -41,6 +41,7 @@ def workspace(url_path: str) -> session.Workspace:
         st.switch_page(ENTRY_POINT, query_params=st.query_params.to_dict())
     ws = st.session_state["workspace"]
     keep_workspace(ws)  # every page's first call: what the last run changed is stored before this one draws
+    toast_stopped_run(url_path)
     return ws
 
 
@@ -446,3 +447,35 @@ def new_workspace() -> None:
     state[WORKSPACE_SAVED] = workspaces.fingerprint(ws)
     state["workspace_notes"] = []
     st.query_params["ws"] = state[WORKSPACE_ID]
+
+
+# ---------------------------------------------------------------------------- a run the user stops
+def interrupt_requested() -> bool:
+    """Whether Streamlit was asked to rerun or stop this script (Cancel pressed, another page opened, the
+    tab closed), without acting on it yet.
+
+    Streamlit interrupts a script only at its next ``st`` call; a model call that takes minutes makes none,
+    so the engine polls this while it waits on the model's worker, stops the worker, and returns the maps
+    that finished. It reads the script runner's pending request (Streamlit has no public way to peek at it);
+    where that is not available it says False and runs end at the next ``st`` call as before.
+    """
+    try:
+        from streamlit.runtime.scriptrunner_utils.script_requests import ScriptRequestType
+        from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
+    except ImportError:
+        return False
+    requests = getattr(get_script_run_ctx(suppress_warning=True), "script_requests", None)
+    state = getattr(requests, "_state", ScriptRequestType.CONTINUE)
+    return state in (ScriptRequestType.RERUN, ScriptRequestType.STOP)
+
+
+RUN_IN_FLIGHT = "explain_in_flight"  # Explain & compare's record of its run: {"todo": n, "notice": the line once it stopped}
+
+
+def toast_stopped_run(page_path: str) -> None:
+    """A run stopped because the user opened another page: say so once on that page (Explain & compare
+    shows the same line when it is next opened)."""
+    flight = st.session_state.get(RUN_IN_FLIGHT)
+    if flight and flight.get("notice") and page_path != "explain" and not flight.get("toasted"):
+        flight["toasted"] = True
+        st.toast(plain(flight["notice"]), icon=":material/stop_circle:")

@@ -9,8 +9,10 @@ import streamlit as st
 
 import explainers
 from pages import controls, evaluation
-from workbench import calibration, session, sharing
+from workbench import calibration, engine, session, sharing, workspaces
 from workbench.errors import WorkbenchError
+from workbench.result import Comparison
+from workbench.workers import Cancelled
 
 log = logging.getLogger("workbench.app")
 ws: session.Workspace = controls.workspace("explain")
@@ -87,16 +89,21 @@ if rerun_of and rerun_of.get("key") == keys[0]:  # only while the page shows wha
     for note in rerun_of["notes"]:
         st.warning(controls.plain(note), icon=":material/warning:")
 # A run in flight: Run's on_click marks this script run as the one that computes, so Run is drawn disabled
-# while it works. Cancel (or leaving the page) interrupts the script; each method's maps are cached as it
-# finishes, so those are kept (and stored with the workspace), and the next visit says the run stopped.
-RUNNING, IN_FLIGHT, CANCELLED = "explain_running", "explain_in_flight", "explain_cancelled"
+# while it works. Cancel, another page or a closed tab asks Streamlit to interrupt the script: the engine sees
+# that while the model computes, stops the model's worker at once and returns the methods that finished;
+# their maps stay cached, are saved as a partial run, and one line says how far it got (the next visit here,
+# a toast on the page opened instead). Streamlit interrupts at any st call, reading st.session_state included,
+# so the run's record (``flight``) is a dict put in the session state before it starts and filled in after.
+RUNNING, IN_FLIGHT = "explain_running", controls.RUN_IN_FLIGHT
 running = bool(st.session_state.pop(RUNNING, False) and todo) or bool(autorun and todo)
 stopped = None if running else st.session_state.pop(IN_FLIGHT, None)
-if st.session_state.pop(CANCELLED, False) or stopped:
-    kept = (stopped or {}).get("todo", 0) - todo if stopped else 0
+if stopped and stopped.get("notice"):
+    st.warning(controls.plain(stopped["notice"]), icon=":material/stop_circle:")
+elif stopped:  # interrupted where nothing could be kept or said (e.g. the server stopped the script)
+    kept = stopped.get("todo", 0) - todo
     st.info(
-        "The last run stopped before it finished (cancelled, or the page was left)"
-        + (f": {kept} of its {stopped['todo']} map(s) were computed and are kept" if stopped and kept > 0 else "")
+        "The last run stopped before it finished"
+        + (f": {kept} of its {stopped['todo']} map(s) were computed and are kept" if kept > 0 else "")
         + ". Run computes what is missing.",
         icon=":material/stop_circle:",
     )
@@ -140,22 +147,73 @@ def save(model: session.LoadedModel, work: session.Plan) -> None:
         st.session_state.pop("explain_save_notice", None)
 
 
-if running:
-    st.session_state[IN_FLIGHT] = {"todo": todo}
-    with st.status(f"Computing {todo} map(s)…", expanded=True) as status:
-        st.button("Cancel", key="explain_cancel", icon=":material/stop:", on_click=lambda: st.session_state.__setitem__(CANCELLED, True),
-                  help="Stop now: the maps of the methods that have finished are kept; the method running is dropped.")
-        bar = st.progress(0.0, text="starting")
-        started = time.perf_counter()
+def keep_stopped(model: session.LoadedModel, work: session.Plan, comparison: Comparison | None, prefix: str, keep: dict) -> str:
+    """A run that stopped early: save the methods that finished as a partial run -> the one line for the user.
+    ``comparison``: the engine's stopped comparison (None: find what finished in the cache). ``keep``: the
+    store, owner and workspace id, read before the run: this touches neither st nor st.session_state."""
+    if comparison is None:
         try:
-            for n, (model, work) in enumerate(zip(models, plans)):
+            comparison = session.stopped_comparison(ws, model, work)
+        except WorkbenchError as stop:  # no method had finished: nothing to save
+            return prefix + str(stop)
+    line = prefix + engine.stopped_line(comparison.stopped)
+    try:
+        if keep["store"] is None:
+            raise WorkbenchError("the run store is not available")
+        saved = sharing.save_comparison(ws, model, entries, comparison, None, store=keep["store"], owner=keep["owner"])
+        if keep["workspace_id"]:
+            workspaces.save(keep["store"], keep["workspace_id"], ws, keep["owner"])
+    except Exception:  # noqa: BLE001 - the maps stay in the workspace; only the partial run's link is missing
+        log.exception("saving the partial run failed")
+        return line + " The finished maps are kept; saving them as a run failed (see the server log)."
+    return line + f" The finished maps are kept and saved as partial run {saved.run_id[:12]}… (Runs page)."
+
+
+def store_or_none() -> sharing.RunStore | None:
+    try:
+        return sharing.run_store()
+    except Exception:  # noqa: BLE001 - storage trouble is reported where the run is saved
+        log.exception("the run store is not available")
+        return None
+
+
+if running:
+    flight = {"todo": todo}  # the next run reads how this one ended from here
+    st.session_state[IN_FLIGHT] = flight
+    keep = {"store": store_or_none(), "owner": sharing.current_owner(), "workspace_id": st.session_state.get(controls.WORKSPACE_ID)}
+    with st.status(f"Computing {todo} map(s)…", expanded=True) as status:
+        st.button("Cancel", key="explain_cancel", icon=":material/stop:",
+                  help="Stop now: the maps of the methods that have finished are kept and saved as a partial run; the method running is dropped.")
+        bar = st.progress(0.0, text="starting")
+
+        def show(fraction: float, message: str) -> None:
+            if not controls.interrupt_requested():  # an st call would be interrupted before the worker is stopped
+                bar.progress(fraction, text=message)
+
+        started = time.perf_counter()
+        current = 0
+        try:
+            for current, (model, work) in enumerate(zip(models, plans)):
                 prefix = f"{model.name}: " if len(models) > 1 else ""
                 began = time.perf_counter()
                 computed = session.run(
                     ws, model, entries, work, seed,
-                    progress=lambda f, message, n=n, p=prefix: bar.progress(min(1.0, (n + f) / len(models)), text=p + message),
+                    progress=lambda f, message, n=current, p=prefix: show(min(1.0, (n + f) / len(models)), p + message),
+                    cancel=controls.interrupt_requested,
                 )
-                calibration.record_run(calibration.PROCESS_TIMINGS, model.adapter, work, computed, time.perf_counter() - began)
+                calibration.record_run(calibration.PROCESS_TIMINGS, model.adapter, work, computed,
+                                       None if computed.stopped else time.perf_counter() - began)
+                if computed.stopped is not None:
+                    flight["notice"] = keep_stopped(model, work, computed, prefix, keep)
+                    break
+                if len(models) > 1 and keep["store"] is not None:  # the next model may be cancelled: save this one now
+                    try:
+                        sharing.save_comparison(ws, model, entries, computed, session.comparison_key(model, entries, work, seed),
+                                                store=keep["store"], owner=keep["owner"])
+                    except Exception:  # noqa: BLE001 - saved again (and any failure shown) once every model is done
+                        log.exception("saving %s's comparison failed", model.name)
+        except Cancelled as error:  # stopped before any method of this model finished: nothing to save
+            flight["notice"] = (f"{models[current].name}: " if len(models) > 1 else "") + str(error)
         except WorkbenchError as error:
             st.session_state.pop(IN_FLIGHT, None)
             status.update(label=controls.plain(error), state="error")
@@ -163,8 +221,16 @@ if running:
             st.session_state.pop(IN_FLIGHT, None)
             log.exception("explaining failed")
             status.update(label=f"The run failed ({type(error).__name__}); the details are in the server log.", state="error")
-        else:
-            st.session_state.pop(IN_FLIGHT, None)
+        except BaseException:  # Streamlit interrupted the script at an st call: keep what finished, then let it
+            try:
+                flight["notice"] = keep_stopped(models[current], plans[current], None, f"{models[current].name}: " if len(models) > 1 else "", keep)
+            except Exception:  # noqa: BLE001 - the interruption goes on; the next visit says the run stopped
+                log.exception("keeping the maps of an interrupted run failed")
+            raise
+        if "notice" in flight:  # Streamlit's pending rerun (Cancel, another page) goes on from this st call
+            status.update(label=controls.plain(flight["notice"]), state="error")
+            st.rerun()
+        elif st.session_state.pop(IN_FLIGHT, None) is not None:  # completed (an error popped it already)
             st.session_state["explain_last_run"] = f"computed {todo} map(s) in {time.perf_counter() - started:.1f} s"
             bar.progress(1.0, text="saving the run")
             for model, work in zip(models, plans):  # every completed run is saved: its link exists at once

@@ -78,7 +78,7 @@ for run in runs:
     cols = st.columns(widths, vertical_alignment="center")
     cols[0].text(when(run.created))
     cols[1].text(f"{run.model_name} · {run.image_count} image{'s' if run.image_count != 1 else ''}")
-    cols[2].text(", ".join(controls.method_title(m) for m in run.methods))
+    cols[2].text(", ".join(controls.method_title(m) for m in run.methods) + (f" · partial ({run.stopped})" if run.stopped else ""))
     cols[3].text(run.owner or "—")
     if cols[4].button("Open", key=f"runs_open_{run.run_id}", width="stretch"):
         st.switch_page("pages/shared.py", query_params={"run": run.run_id})

@@ -9,7 +9,7 @@ import logging
 import streamlit as st
 
 from pages import controls, evaluation
-from workbench import session, sharing
+from workbench import engine, session, sharing
 from workbench.errors import RunNotFound, WorkbenchError
 from workbench.store import RunDamaged, StoreUnavailable
 
@@ -42,6 +42,8 @@ st.markdown(
     f"{controls.plain(', '.join(controls.method_title(m) for m in comparison.methods))} · seed {comparison.seed} · computed {created}"
     + (f" by {controls.plain(comparison.owner)}" if comparison.owner else "")
 )
+if comparison.stopped is not None:  # a run cancelled part-way: it holds only the methods that finished
+    st.warning(controls.plain(f"Partial run. {engine.stopped_line(comparison.stopped)}"), icon=":material/stop_circle:")
 opened_in = f"opened from the store in {opened.load_seconds * 1000:.0f} ms" if opened.load_seconds is not None else "saved in this session"
 st.caption(
     f":material/lock: Read-only view of a saved run: {opened_in}; computing these maps took {opened.compute_seconds:.1f} s. "

@@ -11,6 +11,7 @@ import re
 import secrets
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -719,8 +720,8 @@ def test_an_unknown_or_malformed_workspace_id_starts_a_new_workspace():
 
 @needs_zoo
 def test_a_cancelled_run_keeps_the_maps_that_finished_and_run_computes_only_the_rest(explain_calls, monkeypatch):
-    """Cancel (or leaving the page) interrupts the script the way Streamlit does, with a ScriptControlException
-    at the next Streamlit call; here the second method raises it."""
+    """Streamlit may also interrupt the script with a ScriptControlException at an st call (here the second
+    method raises it): the finished maps are kept and saved as a partial run, and the line names the method."""
     from streamlit.runtime.scriptrunner_utils.exceptions import StopException
 
     from workbench import engine
@@ -743,11 +744,13 @@ def test_a_cancelled_run_keeps_the_maps_that_finished_and_run_computes_only_the_
     assert at.button(key="explain_run").disabled, "Run is disabled while a run is in flight"
     monkeypatch.setattr(engine.Engine, "_explain", original)
 
-    at.run()  # the next run: the page says the run stopped; Grad-CAM's map is kept
+    at.run()  # the next run: the page says how far the run got; Grad-CAM's map is kept and saved as a partial run
     assert not at.exception, [e.value for e in at.exception]
-    assert any("stopped before it finished" in i.value and "1 of its 2" in i.value for i in at.info), [i.value for i in at.info]
+    notices = [w.value.replace("\\", "") for w in at.warning]
+    assert any(n.startswith("Cancelled: 1 of 2 methods finished; Saliency was running") and "partial run" in n for n in notices), notices
     ws = workspace(at)
     assert [r.method for r in (ws.results.get(k) for k in list(ws.results._items)) if r] == ["gradcam"]
+    assert partial_runs() == [("gradcam",)]
     assert not at.button(key="explain_run").disabled
     # kept is stored too: a reload of the workspace finds the map that finished
     reloaded = AppTest.from_file(APP, default_timeout=TIMEOUT)
@@ -759,3 +762,128 @@ def test_a_cancelled_run_keeps_the_maps_that_finished_and_run_computes_only_the_
     assert not at.exception and not at.error
     assert explain_calls.calls == 1, "only the method that did not finish is computed"
     assert at.code and "?run=" in at.code[0].value
+
+
+def partial_runs() -> list[tuple[str, ...]]:
+    """The methods of each stored run that is marked as stopped early."""
+    from workbench.store import RunStore
+
+    with RunStore() as store:
+        return [run.methods for run in store.list_runs() if run.stopped == "cancelled"]
+
+
+def interrupt_during(monkeypatch, stall: str, rerun_data) -> dict:
+    """Make method ``stall`` hang in the model's worker; once it reports progress, ask Streamlit to rerun the
+    script with ``rerun_data()`` from inside it, as a click on Cancel or on another page does while a run computes.
+    -> what happened: when it was asked, the worker's pid, when the worker call ended, the error it ended with."""
+    from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
+
+    from workbench import engine, workers
+    from worker_functions import explain_stalling_on
+
+    seen: dict = {}
+
+    def stalling(self, method, *args, progress, cancel, doing):
+        self.explainer_calls += 1
+
+        def report(fraction, message):
+            if "stalling" in message and "asked" not in seen:
+                seen["asked"], seen["pid"] = time.monotonic(), self.adapter.worker_pid
+                get_script_run_ctx().script_requests.request_rerun(rerun_data())
+            progress(fraction, message)
+
+        try:
+            return workers.call(self.adapter, explain_stalling_on, stall, method, *args, progress=report, cancel=cancel, doing=doing)
+        except BaseException as error:
+            seen["ended"], seen["error"] = time.monotonic(), error
+            raise
+
+    monkeypatch.setattr(engine.Engine, "_explain", stalling)
+    return seen
+
+
+def reaped(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return True
+
+
+@needs_zoo
+def test_cancel_stops_the_method_in_its_worker_keeps_and_saves_the_finished_maps(explain_calls, monkeypatch):
+    from streamlit.runtime.scriptrunner_utils.script_requests import RerunData
+    from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
+
+    from workbench import engine, workers
+
+    at = start()
+    load_zoo_and_sample(at)
+    page(at, "pages/explain.py")
+    at.multiselect(key="explain_methods").set_value(["gradcam", "saliency", "integrated_gradients"]).run()
+    original = engine.Engine._explain
+    # the rerun a click on Cancel asks for: this page again
+    seen = interrupt_during(monkeypatch, "saliency", lambda: RerunData(page_script_hash=get_script_run_ctx().page_script_hash))
+    at.button(key="explain_run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert isinstance(seen.get("error"), workers.Cancelled), seen
+    assert seen["ended"] - seen["asked"] < 2.0, f"the worker call ended {seen['ended'] - seen['asked']:.2f} s after cancel"
+    assert reaped(seen["pid"]), "the cancelled worker is killed and waited for"
+
+    notices = [w.value.replace("\\", "") for w in at.warning]
+    assert len(notices) == 1 and "\n" not in notices[0], notices
+    assert notices[0].startswith(
+        "Cancelled: 1 of 3 methods finished; Saliency was running and Integrated Gradients did not start (not in this run). "
+        "The finished maps are kept and saved as partial run "
+    ), notices[0]
+    ws = workspace(at)
+    assert sorted(r.method for r in (ws.results.get(k) for k in list(ws.results._items)) if r) == ["gradcam"]
+    assert partial_runs() == [("gradcam",)]
+    assert not at.button(key="explain_run").disabled, "Run is enabled again"
+
+    page(at, "pages/runs.py")
+    assert any("partial (cancelled)" in t.value for t in at.text), [t.value for t in at.text]
+    from workbench.store import RunStore
+
+    with RunStore() as store:
+        run_id = store.list_runs()[0].run_id
+    at.switch_page("pages/shared.py")
+    at.query_params["run"] = run_id
+    at.run()
+    assert any(w.value.replace("\\", "").startswith("Partial run. Cancelled: 1 of 3") for w in at.warning), [w.value for w in at.warning]
+
+    monkeypatch.setattr(engine.Engine, "_explain", original)
+    at.query_params.pop("run", None)
+    page(at, "pages/explain.py")
+    explain_calls.calls = 0
+    at.button(key="explain_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert explain_calls.calls == 2, "the model works again on a fresh worker; only the two missing methods are computed"
+    assert not at.warning and len(at.image) == 4, "the image and its three maps"
+    assert partial_runs() == [("gradcam",)], "the complete run is saved as complete"
+
+
+@needs_zoo
+def test_leaving_the_page_mid_run_keeps_and_saves_the_finished_maps_and_says_so(monkeypatch):
+    from streamlit.runtime.scriptrunner_utils.script_requests import RerunData
+    from streamlit.runtime.scriptrunner_utils.script_run_context import get_script_run_ctx
+
+    def to_runs_page():
+        pages = get_script_run_ctx().pages_manager.get_pages()
+        runs = next(h for h, info in pages.items() if info.get("url_pathname") == "runs")
+        return RerunData(page_script_hash=runs)
+
+    at = start()
+    load_zoo_and_sample(at)
+    page(at, "pages/explain.py")
+    at.multiselect(key="explain_methods").set_value(["gradcam", "saliency"]).run()
+    seen = interrupt_during(monkeypatch, "saliency", to_runs_page)
+    at.button(key="explain_run").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert seen["ended"] - seen["asked"] < 2.0
+    assert at.title[0].value == "Runs", "the user is on the page they opened"
+    toasts = [t.value.replace("\\", "") for t in at.toast]
+    assert len(toasts) == 1 and toasts[0].startswith("Cancelled: 1 of 2 methods finished; Saliency was running"), toasts
+    assert any("partial (cancelled)" in t.value for t in at.text)
+    assert partial_runs() == [("gradcam",)]
+    page(at, "pages/explain.py")
+    assert any(w.value.replace("\\", "").startswith("Cancelled: 1 of 2 methods finished") for w in at.warning)

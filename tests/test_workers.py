@@ -384,6 +384,15 @@ def test_engine_cancel_returns_the_methods_that_finished_flagged_as_cancelled(mo
     )
     assert reaped(first)
 
+    from workbench import export
+
+    with RunStore() as store:  # saved, it stays marked as partial: in the list, when reopened and in its report
+        run_id = store.save(comparison, model_bytes=None, image_bytes=None, model_name="shapes-cnn-torch")
+        assert [run.stopped for run in store.list_runs()] == ["cancelled"]
+        loaded = store.load(run_id)
+    assert loaded.stopped == stopped and loaded.methods == ("gradcam",) and loaded.request == comparison.request
+    assert "<strong>Partial run.</strong> Cancelled: 1 of 3 methods finished" in export.html_report(loaded)
+
     monkeypatch.setattr(engine.Engine, "_explain", original)
     again = engine.Engine(adapter, lookup, forward_seconds=0.001).run(request)
     assert again.methods == request.method_names and again.stopped is None, "the next request on the model works"

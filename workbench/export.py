@@ -388,6 +388,10 @@ def html_report(
     ]
     if share:
         parts.append(f'<p>Reopen in the workbench: <a href="{_e(share)}" rel="noreferrer">{_e(share)}</a></p>')
+    if comparison.stopped is not None:  # cancelled part-way: only the methods that finished are here
+        from .engine import stopped_line
+
+        parts.append(f"<p><strong>Partial run.</strong> {_e(stopped_line(comparison.stopped))}</p>")
 
     run_rows = [
         [_e("Run id"), f"<code>{_e(comparison.run_id)}</code>" if comparison.run_id else "not saved"],

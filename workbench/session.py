@@ -720,6 +720,21 @@ def run(
         ws.explainer_runs += runner.explainer_calls
 
 
+def stopped_comparison(ws: Workspace, record: LoadedModel, work: Plan, *, running: str | None = None) -> Comparison:
+    """After a run was interrupted mid-way: the comparison of the methods whose maps are all computed,
+    flagged as stopped. ``running`` defaults to the first method ``work`` had to compute that did not finish
+    (the engine computes them in the request's order). Raises Cancelled (one line) when none finished."""
+    runner = model_engine(ws, record)
+    request = work.request
+    if running is None:
+        running = next(
+            (m for m in request.method_names
+             if work.missing.get(m) and any(runner.cache.get(request.result_key(i, m)) is None for i in work.missing[m])),
+            None,
+        )
+    return runner.stopped(request, running=running)
+
+
 def comparison_key(record: LoadedModel, entries: Sequence[ImageEntry], work: Plan, seed: int) -> str:
     """Content hash of everything that decides a whole comparison: one saved run per key and session."""
     return work.request.key

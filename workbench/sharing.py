@@ -207,24 +207,26 @@ def save_comparison(
     record: session.LoadedModel,
     entries: Sequence[session.ImageEntry],
     comparison: Comparison,
-    key: str,
+    key: str | None,
     *,
     store: RunStore,
     owner: str | None,
 ) -> Comparison:
     """Store a comparison with what re-running it needs (the uploaded model file, the images as PNG)
-    -> the saved comparison, with its run id. The same comparison (same ``key``) is saved once per session.
+    -> the saved comparison, with its run id. The same comparison (same ``key``) is saved once per session;
+    ``key`` None (a run that stopped early, saved as partial) saves it without it standing for its settings.
 
     Raises WorkbenchError subclasses (e.g. ImageRejected) with a message for the user.
     """
-    if (found := saved_comparison(ws, key)) is not None:
+    if key is not None and (found := saved_comparison(ws, key)) is not None:
         return found
     from .images import image_to_png_bytes
 
     images = [image_to_png_bytes(entry.image.pixels) for entry in entries]
     run_id = store.save(comparison, model_bytes=record.data, image_bytes=images, owner=owner, model_name=record.name)
     saved = dataclasses.replace(comparison, run_id=run_id, owner=owner)
-    ws.saved[key] = run_id
+    if key is not None:
+        ws.saved[key] = run_id
     ws.opened.put(run_id, OpenedRun(saved))
     log.info("saved run %s (%s, %d image(s), %s)", run_id, record.name, len(entries), ", ".join(comparison.methods))
     return saved

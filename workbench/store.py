@@ -157,6 +157,7 @@ class RunRecord:
     image_count: int
     has_model: bool
     has_images: bool
+    stopped: str | None = None  # why a partial run stopped early ("cancelled"); None for a complete run
 
 
 def new_run_id() -> str:
@@ -536,6 +537,7 @@ class RunStore:
             runs_table.c.image_count,
             runs_table.c.has_model,
             runs_table.c.has_images,
+            runs_table.c.summary["stopped"]["reason"].as_string().label("stopped"),
         )
         if model is not None:
             query = query.where(sa.or_(runs_table.c.model_name == model, runs_table.c.model_fingerprint == model))
@@ -557,6 +559,7 @@ class RunStore:
                 image_count=r.image_count,
                 has_model=bool(r.has_model),
                 has_images=bool(r.has_images),
+                stopped=r.stopped or None,
             )
             for r in rows
         ]

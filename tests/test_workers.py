@@ -397,3 +397,47 @@ def test_engine_cancel_returns_the_methods_that_finished_flagged_as_cancelled(mo
     again = engine.Engine(adapter, lookup, forward_seconds=0.001).run(request)
     assert again.methods == request.method_names and again.stopped is None, "the next request on the model works"
     assert np.array_equal(again.results[0][0].map, comparison.results[0][0].map)
+
+
+# --------------------------------------------------------------------------- shap's kernels compile once per data directory
+SHAP_IN_A_WORKER = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {root!r})
+    import numpy as np
+    from workbench import warmup
+    from workbench.workers.limits import worker_env
+    import os
+    os.environ.update(worker_env())
+    warmup.warm_up_shap()
+    import shap
+    masker = shap.maskers.Image("blur(8,8)", (12, 12, 3))
+    f = lambda z: z.reshape(len(z), -1)[:, :3].astype(np.float64) * np.array([1.0, -2.0, 0.5])
+    np.random.seed(0)
+    values = shap.PartitionExplainer(f, masker)(np.random.default_rng(1).random((1, 12, 12, 3)) * 255, max_evals=60,
+                                                 batch_size=10, outputs=np.array([1]), silent=True).values
+    hits = sum(sum(getattr(m, n).stats.cache_hits.values()) for m, n in
+               [(sys.modules[a], b) for a, b in warmup.CACHED_KERNELS])
+    print("HITS", hits, "VALUES", repr(np.asarray(values).ravel().tolist()))
+    """
+)
+
+
+@pytest.mark.slow
+def test_shap_kernels_are_compiled_once_per_data_directory_with_the_same_results(tmp_path, monkeypatch):
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    env = {**os.environ, "WORKBENCH_DATA_DIR": str(tmp_path / "data")}
+    env.pop("NUMBA_CACHE_DIR", None)
+
+    def run() -> tuple[int, str]:
+        result = subprocess.run([sys.executable, "-c", SHAP_IN_A_WORKER.format(root=str(ROOT))], env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        line = next(x for x in result.stdout.splitlines() if x.startswith("HITS"))
+        return int(line.split()[1]), line.split(" VALUES ")[1]
+
+    first_hits, first = run()
+    assert first_hits == 0 and (tmp_path / "data" / "numba-cache").is_dir(), "the first worker compiles and keeps the code"
+    second_hits, second = run()
+    assert second_hits == len(__import__("workbench.warmup").warmup.CACHED_KERNELS), "the next one loads it"
+    assert second == first, "the same SHAP values from the cached kernels"

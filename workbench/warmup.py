@@ -19,8 +19,42 @@ _thread: threading.Thread | None = None
 done = threading.Event()
 
 
+# shap's numba kernels whose compiled code is kept on disk (in NUMBA_CACHE_DIR, which a model worker sets to
+# the data directory's numba-cache): shap does not ask numba to cache them, so enable_caching() does what
+# @njit(cache=True) would. Not the others: _build_fixed_multi_output takes a jitted function as an argument,
+# whose type differs in each process (a cache miss that adds an entry on every start), and lower_credit, recursive
+# over two signatures, crashed the process when loaded back from the cache (numba 0.68).
+CACHED_KERNELS = (
+    ("shap.maskers._image", "_jit_build_partition_tree"),
+    ("shap.utils._masked_model", "_init_masks"),
+    ("shap.utils._masked_model", "_rec_fill_masks"),
+)
+
+
+def cache_shap_kernels() -> int:
+    """Keep the compiled code of :data:`CACHED_KERNELS` on disk where NUMBA_CACHE_DIR is set -> how many.
+    Call before their first use; a kernel that cannot be cached compiles as before."""
+    import importlib
+    import os
+
+    if not os.environ.get("NUMBA_CACHE_DIR"):
+        return 0
+    cached = 0
+    for module, name in CACHED_KERNELS:
+        try:
+            kernel = getattr(importlib.import_module(module), name)
+            if getattr(kernel, "_cache", None) is not None and type(kernel._cache).__name__ == "NullCache":
+                kernel.enable_caching()
+                cached += 1
+        except Exception:  # noqa: BLE001 - another shap or numba version: that kernel compiles as before
+            log.warning("shap kernel %s.%s is not cached", module, name, exc_info=True)
+    return cached
+
+
 def warm_up_shap() -> None:
     import shap
+
+    cache_shap_kernels()
 
     masker = shap.maskers.Image("blur(8,8)", (16, 16, 3))
     explainer = shap.PartitionExplainer(lambda z: z.reshape(len(z), -1)[:, :2].astype(np.float32), masker)

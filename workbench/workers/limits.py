@@ -135,7 +135,14 @@ def signal_name(exitcode: int | None) -> str:
 
 
 def worker_env() -> dict[str, str]:
-    """Environment a spawned worker starts with (quiet TensorFlow; Keras on TensorFlow)."""
+    """Environment a spawned worker starts with (quiet TensorFlow; Keras on TensorFlow; numba's cache directory)."""
     env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
     env["KERAS_BACKEND"] = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        env["NUMBA_CACHE_DIR"] = os.environ["NUMBA_CACHE_DIR"]
+    else:  # shap's compiled kernels (workbench.warmup) outlive the server: only its first start compiles them
+        try:
+            env["NUMBA_CACHE_DIR"] = str(get_settings().data_path.resolve() / "numba-cache")
+        except Exception:  # noqa: BLE001 - a data directory setting that does not read: workers compile each time
+            pass
     return env

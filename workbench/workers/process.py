@@ -44,16 +44,25 @@ log = logging.getLogger("workbench.workers")
 
 START_TIMEOUT_S = 180.0  # importing the frameworks on a busy machine; not a user-facing limit
 MONITOR_INTERVAL_S = 0.05
+SPARE_AFTER_IDLE_S = 2.0  # the next spare worker starts once no model call has been in flight this long
+SPARE_WAIT_MAX_S = 300.0  # ... or after this long regardless
 Progress = Callable[[float, str], None]
 
 
 # ============================================================================ the worker's side
+_given_a_model = threading.Event()  # set at the first Load: this worker is no longer the spare
+
+
 def _warm_up_in_background() -> None:
     """shap's kernels first (every comparison's SHAP needs them), then Keras: a PyTorch model (Quick start's)
-    loads meanwhile, and a Keras model's own ``import keras`` waits for this one instead of starting another."""
+    loads meanwhile, and a Keras model's own ``import keras`` waits for this one instead of starting another.
+    Keras only while this worker is still the spare: a worker that got a PyTorch model never needs it, and
+    importing it would compete with that model's first run for the CPU."""
     from .. import warmup
 
     warmup.start_background_warm_up().join()
+    if _given_a_model.is_set():
+        return
     try:
         import keras  # noqa: F401
     except Exception:  # noqa: BLE001 - a deployment without TensorFlow still serves PyTorch models
@@ -92,6 +101,8 @@ def serve(conn, warm: bool) -> None:
             use_settings(message.settings)
             if isinstance(message, protocol.Load):
                 from ..session import load_base
+
+                _given_a_model.set()
 
                 adapter = load_base(message.key, message.data)
                 reply: Any = protocol.Loaded(
@@ -373,6 +384,7 @@ class WorkerPool:
         self._handles: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self.started = 0
         self.keep_spare = False  # a server keeps a warm spare; a one-shot CLI does not
+        self._replenishing = False
 
     def _new(self, limits: Limits) -> ModelWorker:
         self.started += 1
@@ -389,9 +401,40 @@ class WorkerPool:
                 self._spare = self._new(limits)
 
     def replenish(self, limits: Limits) -> None:
-        """After a spare was taken: start the next one, where this process keeps spares."""
-        if self.keep_spare:
-            self.ensure_spare(limits)
+        """After a spare was taken: start the next one, where this process keeps spares, once no model call has
+        been in flight for :data:`SPARE_AFTER_IDLE_S` (its start-up, seconds of CPU for the framework imports
+        and shap's kernels, would otherwise compete with the run that took the spare; on two cores it doubled
+        a fresh server's first Quick start)."""
+        if not self.keep_spare:
+            return
+        with self._lock:
+            if self._replenishing:
+                return
+            self._replenishing = True
+
+        def when_idle() -> None:
+            try:
+                quiet_since = time.monotonic()
+                deadline = quiet_since + SPARE_WAIT_MAX_S
+                while time.monotonic() < deadline:
+                    if self._any_busy():
+                        quiet_since = time.monotonic()
+                    elif time.monotonic() - quiet_since >= SPARE_AFTER_IDLE_S:
+                        break
+                    time.sleep(0.25)
+                self.ensure_spare(limits)
+            except Exception:  # noqa: BLE001 - the next load starts a worker of its own instead
+                log.exception("starting the spare model worker failed")
+            finally:
+                with self._lock:
+                    self._replenishing = False
+
+        threading.Thread(target=when_idle, name="workbench-spare-worker", daemon=True).start()
+
+    def _any_busy(self) -> bool:
+        with self._lock:
+            handles = list(self._handles)
+        return any(h.worker is not None and h.worker.busy for h in handles)
 
     def take(self, limits: Limits) -> ModelWorker:
         """A worker for a new model: the spare when it fits these limits, else a new one."""

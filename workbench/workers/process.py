@@ -44,7 +44,7 @@ log = logging.getLogger("workbench.workers")
 
 START_TIMEOUT_S = 180.0  # importing the frameworks on a busy machine; not a user-facing limit
 MONITOR_INTERVAL_S = 0.05
-SPARE_AFTER_IDLE_S = 2.0  # the next spare worker starts once no model call has been in flight this long
+SPARE_AFTER_IDLE_S = 10.0  # the next spare worker starts once no model call has been in flight this long (a user reading the maps)
 SPARE_WAIT_MAX_S = 300.0  # ... or after this long regardless
 Progress = Callable[[float, str], None]
 

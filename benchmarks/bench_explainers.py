@@ -2,7 +2,7 @@
 
     python benchmarks/bench_explainers.py [--frameworks torch,keras] [--device cpu|cuda]
         [--model resnet-mini|resnet50] [--methods gradcam,...] [--batches 1,16] [--repeats 5]
-        [--quick] [--full] [--memory] [--gradcam-reference auto|package|port]
+        [--quick] [--full] [--memory] [--check] [--gradcam-reference auto|package|port]
 
 Both arms of a case get the same model, images, targets and parameters. Models: the zoo's
 resnet-mini at 224x224 in PyTorch and Keras (seeded random weights from ``model_zoo`` when the
@@ -54,6 +54,9 @@ Reductions: some cases are too slow to time fully on a 2-core CPU (Score-CAM on 
 for one arm only) and the table's last column says what was reduced; ``--quick`` further caps
 IG steps, SHAP evaluations and samples (QUICK), also for both arms. On CUDA nothing is reduced
 unless ``--quick``.
+
+``--check`` times nothing: it runs each arm once and prints the correlation of ours and the
+reference's maps per image (a check that both arms compute the same quantity).
 
 Results: a table on stdout and JSON in benchmarks/results/<timestamp>.json.
 """
@@ -148,6 +151,7 @@ QUICK = {
     "integrated_gradients": {"steps": 16},
     "expected_gradients": {"samples": 50},
     "shap": {"max_evals": 100},
+    "occlusion": {"stride": 16},  # at least; window 2 x stride: 169 windows instead of 729 at 224 px
 }
 # rows per model call that references may use (their pilot candidates above it are dropped)
 MAX_ROWS = {("resnet-mini", "cpu"): 800, ("resnet50", "cpu"): 64, ("resnet-mini", "cuda"): 4096, ("resnet50", "cuda"): 256}
@@ -226,7 +230,7 @@ HEADER = (
 )
 
 
-def compare(name: str, ours, references: dict, repeats: int, *, memory_too: bool, meta: dict) -> dict:
+def compare(name: str, ours, references: dict, repeats: int, *, memory_too: bool, meta: dict, pilot_rounds: int = 3) -> dict:
     """Median seconds of ours and of the best reference variant, interleaved."""
     # warm-up: ours once, each reference variant once; a variant that fails (out of memory) is dropped
     once = timed(ours)[0]
@@ -246,7 +250,7 @@ def compare(name: str, ours, references: dict, repeats: int, *, memory_too: bool
         # the reference's best setting is chosen in a pilot, then timed head to head with ours: taking
         # the best of several noisy medians from the same runs would favour the reference by chance
         samples = {k: [] for k in references}
-        for r in range(3):
+        for r in range(pilot_rounds):
             for key, fn in references.items() if r % 2 == 0 else reversed(references.items()):
                 samples[key].append(timed(fn, number)[0])
         pilot = {k: statistics.median(v) for k, v in samples.items()}
@@ -300,6 +304,35 @@ def compare(name: str, ours, references: dict, repeats: int, *, memory_too: bool
     return row
 
 
+def as_maps(out) -> list[np.ndarray]:
+    """Any arm's result -> one [H, W] map per image (channels summed), to check that the arms agree."""
+    if isinstance(out, tuple):  # (attributions, convergence delta)
+        out = out[0]
+    if isinstance(out, list) and out and hasattr(out[0], "map"):  # ours
+        return [np.asarray(a.map, np.float64) for a in out]
+    items = list(out) if isinstance(out, np.ndarray) else [np.squeeze(np.asarray(o)) for o in out]
+    maps = []
+    for m in items:
+        m = np.asarray(m, np.float64)
+        if m.ndim == 3:
+            m = m.sum(axis=0) if m.shape[0] <= 4 else m.sum(axis=-1)
+        maps.append(m)
+    return maps
+
+
+def check(name: str, ours, references: dict, meta: dict) -> dict:
+    """One call of each arm: Pearson correlation of ours and the reference's maps, image by image
+    (1.0 for the deterministic methods; the sampling methods draw different noise), and the ratio of
+    their norms (both sides' scale conventions differ for the min-max-scaled CAMs)."""
+    setting, reference = next(iter(references.items()))
+    a, b = as_maps(ours()), as_maps(reference())
+    corr = [float(np.corrcoef(x.ravel(), y.ravel())[0, 1]) for x, y in zip(a, b)]
+    scale = [float(np.linalg.norm(x) / max(np.linalg.norm(y), 1e-30)) for x, y in zip(a, b)]
+    print(f"{name:34s} agreement: correlation min {min(corr):.4f} mean {np.mean(corr):.4f}; norm ratio "
+          f"{min(scale):.3g}..{max(scale):.3g}  {meta['reference_label']} ({setting})  {meta['reductions'] or '-'}", flush=True)
+    return {"case": name, **meta, "check": True, "correlation": corr, "norm_ratio": scale, "reference": setting}
+
+
 # ---------------------------------------------------------------- parameters
 def case_params(method: str, model: str, device: str, batch: int, quick: bool, full: bool) -> tuple[dict, str]:
     """-> (parameters for both arms, what was reduced from the defaults, '' if nothing)."""
@@ -310,10 +343,16 @@ def case_params(method: str, model: str, device: str, batch: int, quick: bool, f
             changed[key] = (params.get(key, "default"), value)
             params[key] = value
     if quick:
-        for key, value in QUICK.get(method, {}).items():
-            if params[key] > value:
-                changed[key] = (changed.get(key, (params[key],))[0], value)
-                params[key] = value
+        caps = dict(QUICK.get(method, {}))
+        if method == "occlusion":  # a lower bound on the stride; the window stays twice the stride
+            stride = caps.pop("stride")
+            if params["stride"] < stride:
+                caps = {"window": max(params["window"], 2 * stride), "stride": stride}
+        else:
+            caps = {key: value for key, value in caps.items() if params[key] > value}
+        for key, value in caps.items():
+            changed[key] = (changed.get(key, (params[key],))[0], value)
+            params[key] = value
     return params, ", ".join(f"{k} {old}->{new}" for k, (old, new) in changed.items())
 
 
@@ -674,7 +713,7 @@ def version(dist: str) -> str | None:
         return None
 
 
-def run_cases(framework: str, adapter, model_name: str, images: np.ndarray, args, rows: list, skipped: list):
+def run_cases(framework: str, adapter, model_name: str, images: np.ndarray, args, rows: list, skipped: list, write_report):
     batches = [b for b in args.batches]
     predicted = adapter.predict(adapter.prepare(images)).argmax(axis=1)
     methods = [m for m in args.methods if framework == "torch" or m in KERAS_METHODS]
@@ -697,13 +736,18 @@ def run_cases(framework: str, adapter, model_name: str, images: np.ndarray, args
                     ours, refs, label = keras_arms(method, adapter, x, targets, params)
                 meta = {"framework": framework, "method": method, "batch": batch, "params": params,
                         "reductions": reductions, "reference_label": label}
-                rows.append(compare(name, ours, refs, args.repeats, memory_too=args.memory, meta=meta))
+                if args.check:
+                    rows.append(check(name, ours, refs, meta))
+                else:
+                    rows.append(compare(name, ours, refs, args.repeats, memory_too=args.memory, meta=meta,
+                                        pilot_rounds=1 if args.quick else 3))
             except Skip as exc:
                 print(f"{name:34s} skipped: {exc}", flush=True)
                 skipped.append({"case": name, "reason": str(exc)})
             except Exception as exc:  # noqa: BLE001 - one failing case (ours out of memory) must not end the run
                 print(f"{name:34s} failed: {short(exc)}", flush=True)
                 skipped.append({"case": name, "reason": "failed: " + short(exc)})
+            write_report()  # after every case: a run cut short still leaves its rows
             gc.collect()
 
 
@@ -719,6 +763,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--full", action="store_true", help="no CPU reductions (REDUCTIONS)")
     parser.add_argument("--memory", action="store_true", help="also measure peak RSS and tracemalloc peaks (two more runs per arm)")
     parser.add_argument("--max-rows", type=int, default=None, help="rows per model call allowed for reference settings")
+    parser.add_argument("--check", action="store_true",
+                        help="no timing: run each arm once and print how well ours and the reference agree")
     parser.add_argument("--gradcam-reference", choices=("auto", "package", "port"), default="auto")
     args = parser.parse_args(argv)
     args.frameworks = [f for f in args.frameworks.split(",") if f]
@@ -745,38 +791,43 @@ def main(argv=None) -> dict:
     rows: list[dict] = []
     skipped: list[dict] = []
     models = {}
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{args.model}-{'+'.join(args.frameworks)}.json"
+    created = _dt.datetime.now(_dt.timezone.utc).isoformat()
+
+    def write_report() -> dict:
+        grad_cam = next((r["reference_label"] for r in rows if r["method"] in ("gradcam++", "scorecam")), None)
+        report = {
+            "created": created,
+            "args": vars(args),
+            "models": models,
+            "device": {"requested": args.device, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                       "cuda": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
+                       "machine": platform.machine(), "python": platform.python_version()},
+            "versions": {d: version(d) for d in ("torch", "numpy", "captum", "shap", "grad-cam", "tensorflow", "keras")},
+            "pytorch_grad_cam_arm": grad_cam,
+            "reductions": {f"{k[0]} batch class {k[1]}": v for k, v in REDUCTIONS.items()}
+            if args.device == "cpu" and not args.full else {},
+            "quick_caps": QUICK if args.quick else {},
+            "rows": rows,
+            "skipped": skipped,
+            "worst_ratio": max((r["ratio"] for r in rows if "ratio" in r), default=None),
+            "load_average_start": load_start,
+            "load_average_end": os.getloadavg(),
+        }
+        path.write_text(json.dumps(report, indent=2, default=str))
+        return report
+
     for framework in args.frameworks:
         adapter, source = torch_model(args.model, args.device) if framework == "torch" else keras_model(args.device)
         models[framework] = {"name": args.model, "source": source, "device": adapter.device, "input_size": list(adapter.input_size)}
         print(f"{framework}: {args.model} {tuple(adapter.input_size)} from {source}; device {adapter.device}")
         print(HEADER, flush=True)
-        run_cases(framework, adapter, args.model, images, args, rows, skipped)
+        run_cases(framework, adapter, args.model, images, args, rows, skipped, write_report)
 
-    grad_cam = None
-    if any(r["method"] in ("gradcam++", "scorecam") for r in rows):
-        grad_cam = next(r["reference_label"] for r in rows if r["method"] in ("gradcam++", "scorecam"))
-    report = {
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-        "args": vars(args),
-        "models": models,
-        "device": {"requested": args.device, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                   "cuda": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
-                   "machine": platform.machine(), "python": platform.python_version()},
-        "versions": {d: version(d) for d in ("torch", "numpy", "captum", "shap", "grad-cam", "tensorflow", "keras")},
-        "pytorch_grad_cam_arm": grad_cam,
-        "reductions": {f"{k[0]} batch class {k[1]}": v for k, v in REDUCTIONS.items()} if args.device == "cpu" and not args.full else {},
-        "quick_caps": QUICK if args.quick else {},
-        "rows": rows,
-        "skipped": skipped,
-        "worst_ratio": max(r["ratio"] for r in rows) if rows else None,
-        "load_average_start": load_start,
-        "load_average_end": os.getloadavg(),
-    }
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{args.model}-{'+'.join(args.frameworks)}.json"
-    path.write_text(json.dumps(report, indent=2, default=str))
+    report = write_report()
     end = report["load_average_end"]
-    worst = f"{report['worst_ratio']:.2f}" if rows else "-"
+    worst = f"{report['worst_ratio']:.2f}" if report["worst_ratio"] is not None else "-"
     print(f"worst ratio {worst}; load average at end {end[0]:.2f} {end[1]:.2f} {end[2]:.2f}; written {path.relative_to(ROOT)}")
     if "keras" not in args.frameworks:
         loaded = sorted(m for m in ("tensorflow", "keras") if m in sys.modules)

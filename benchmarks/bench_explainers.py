@@ -154,7 +154,7 @@ QUICK = {
     "occlusion": {"stride": 16},  # at least; window 2 x stride: 169 windows instead of 729 at 224 px
 }
 # rows per model call that references may use (their pilot candidates above it are dropped)
-MAX_ROWS = {("resnet-mini", "cpu"): 800, ("resnet50", "cpu"): 64, ("resnet-mini", "cuda"): 4096, ("resnet50", "cuda"): 256}
+MAX_ROWS = {("resnet-mini", "cpu"): 800, ("resnet50", "cpu"): 64, ("resnet-mini", "cuda"): 4096, ("resnet50", "cuda"): 512}
 
 
 class Skip(Exception):
@@ -219,6 +219,13 @@ def memory(fn) -> dict:
     return {"peak_rss_mb": peak.delta / 2**20, "tracemalloc_peak_mb": traced / 2**20}
 
 
+def free_device_cache():
+    """After a failed (out-of-memory) setting, give the CUDA caching allocator's blocks back."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text[:160]}"
@@ -242,6 +249,7 @@ def compare(name: str, ours, references: dict, repeats: int, *, memory_too: bool
             failed[key] = short(exc)
             del references[key]
             gc.collect()
+            free_device_cache()
     if not references:
         raise Skip("every reference setting failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
     number = calls_per_sample(once)
@@ -747,6 +755,7 @@ def run_cases(framework: str, adapter, model_name: str, images: np.ndarray, args
             except Exception as exc:  # noqa: BLE001 - one failing case (ours out of memory) must not end the run
                 print(f"{name:34s} failed: {short(exc)}", flush=True)
                 skipped.append({"case": name, "reason": "failed: " + short(exc)})
+                free_device_cache()
             write_report()  # after every case: a run cut short still leaves its rows
             gc.collect()
 

@@ -16,6 +16,7 @@ multi-layer aggregation's second scaling.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import types
@@ -58,6 +59,7 @@ def _import_package():
     return GradCAMPlusPlus, ScoreCAM, ClassifierOutputTarget
 
 
+@functools.cache  # once per process: a second import would find the package loaded and lose how it was
 def load(mode: str = "auto"):
     """-> (GradCAMPlusPlus class, ScoreCAM class, label). ``mode``: auto | package | port.
 

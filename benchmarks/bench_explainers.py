@@ -565,7 +565,9 @@ def torch_arms(method: str, ctx: TorchContext, params: dict):
 
             return run
 
-        choices = [b for b in (None, 10, 25, 50) if fits(b or n * steps, ctx.max_rows)] or [10]
+        # captum raises an internal batch below the number of images to that number (with a warning)
+        choices = [b for b in (None, 10, 25, 50) if (b is None or b >= n) and fits(b or n * steps, ctx.max_rows)]
+        choices = choices or [max(n, min(50, ctx.max_rows))]
         label = "captum IG" + (" +delta" if delta else "")
         return ours, {f"ibs={b}": captum_ig(b) for b in choices}, label
 

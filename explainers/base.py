@@ -221,8 +221,7 @@ def _stacked_to_host(adapter: ModelAdapter, values: list) -> list:
     on_device = [i for i, v in enumerate(values) if v is not None and not isinstance(v, (np.ndarray, float, int, np.generic))]
     if not on_device:
         return values
-    xp = adapter.xp
-    stacked = adapter.to_host(xp.stack([xp.astype(values[i], xp.float32) for i in on_device]))
+    stacked = adapter.rows_to_host([values[i] for i in on_device])
     out = list(values)
     for k, i in enumerate(on_device):
         out[i] = stacked[k]

@@ -397,6 +397,11 @@ class ModelAdapter(abc.ABC):
         self.host_bytes += out.nbytes
         return out
 
+    def rows_to_host(self, rows: list) -> list[np.ndarray]:
+        """Device arrays of one shape (one per image) -> numpy arrays, in one transfer."""
+        xp = self.xp
+        return list(self.to_host(xp.stack([xp.astype(r, xp.float32) for r in rows])))
+
     def predict_on_device(self, x):
         """:meth:`predict` on a device array, the outputs left on the device."""
         return self.predict(x)

@@ -91,6 +91,22 @@ class TorchAdapter(ModelAdapter):
             array = array.cpu().numpy()
         return super().to_host(array)
 
+    def rows_to_host(self, rows: list) -> list[np.ndarray]:
+        # rows that are exactly t[0], t[1], ... of one tensor t (a batch's maps) go as t itself, without a stack
+        base = getattr(rows[0], "_base", None)
+        if (
+            isinstance(base, torch.Tensor)
+            and base.dtype == torch.float32
+            and len(base) == len(rows)
+            and all(
+                isinstance(r, torch.Tensor) and r._base is base and r.data_ptr() == base[i].data_ptr()
+                and r.shape == base[i].shape and r.stride() == base[i].stride()
+                for i, r in enumerate(rows)
+            )
+        ):
+            return list(self.to_host(base))
+        return super().rows_to_host(rows)
+
     def _to_tensor(self, batch) -> "torch.Tensor":
         """NHWC model input (numpy, or a tensor on any device) -> the module's layout on its device."""
         x = self.device_array(batch)

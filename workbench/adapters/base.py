@@ -649,6 +649,15 @@ class ModelAdapter(abc.ABC):
                 self._layers = tuple(self._trace_layers())
         return self._layers
 
+    def activation_bytes(self) -> int | None:
+        """float32 bytes of every traced layer's output for one input row (None where layers cannot be traced)."""
+        if getattr(self, "_activation_bytes", False) is False:
+            try:
+                self._activation_bytes = 4 * sum(int(np.prod(info.output_shape)) for info in self.layers())
+            except Exception:  # noqa: BLE001 - a model without traceable layers keeps the input-size rule
+                self._activation_bytes = None
+        return self._activation_bytes
+
     def layer(self, name: str) -> LayerInfo:
         for info in self.layers():
             if info.name == name:

@@ -122,7 +122,7 @@ class Calls:
         row_bytes = int(np.prod(adapter.input_size)) * 4
         budget_bytes = settings.chunk_budget_mb * 1024 * 1024 // 8
         budget_rows = None
-        if adapter.device == "cpu":
+        if adapter.device == "cpu" and max_rows is None:  # a batch size the method was given is kept
             budget_bytes = min(budget_bytes, CPU_CHUNK_BYTES)
             activations = adapter.activation_bytes()
             if activations:

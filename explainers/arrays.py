@@ -12,6 +12,9 @@ import math
 import numpy as np
 from array_api_compat import device as device_of
 
+from workbench.resize import axis_weights
+
+
 def _int32(value: int) -> int:
     """A 32-bit constant as the signed int32 with the same bits."""
     value &= 0xFFFFFFFF
@@ -69,10 +72,10 @@ def as_weights(xp, values, like):
 
 
 def _axis(src: int, dst: int, aligned: bool):
-    if aligned:  # output pixel k samples source position k * (src - 1) / (dst - 1)
-        pos = np.arange(dst, dtype=np.float64) * ((src - 1) / (dst - 1) if dst > 1 else 0.0)
-    else:  # half-pixel centres (torch align_corners=False, tf.image.resize, cv2.resize)
-        pos = np.maximum((np.arange(dst, dtype=np.float64) + 0.5) * (src / dst) - 0.5, 0.0)
+    if not aligned:  # half-pixel centres (torch align_corners=False, tf.image.resize, cv2.resize)
+        return axis_weights(src, dst)
+    # aligned corners: output pixel k samples source position k * (src - 1) / (dst - 1)
+    pos = np.arange(dst, dtype=np.float64) * ((src - 1) / (dst - 1) if dst > 1 else 0.0)
     lo = np.minimum(np.floor(pos).astype(np.int64), src - 1)
     hi = np.minimum(lo + 1, src - 1)
     return lo, hi, (pos - lo).astype(np.float32)
@@ -93,6 +96,11 @@ def bilinear(xp, maps, size: tuple[int, int], aligned: bool = False):
         b = xp.take(out, xp.asarray(hi, device=dev), axis=axis)
         out = a + (b - a) * f
     return out
+
+
+def joined(xp, parts: list):
+    """The parts concatenated along the first axis (the one part itself, without a copy, when there is one)."""
+    return parts[0] if len(parts) == 1 else xp.concat(parts)
 
 
 def relu(xp, a):

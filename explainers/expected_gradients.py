@@ -81,9 +81,8 @@ class ExpectedGradients(Explainer):
                 points.append(refs + alphas[first:stop, None, None, None] * delta)
                 deltas.append(delta)
                 images += [i] * (stop - first)
-            one = len(points) == 1
-            _, grads = calls.input_gradients(points[0] if one else xp.concat(points), [targets[i] for i in images])
-            grads = grads * (deltas[0] if one else xp.concat(deltas))
+            _, grads = calls.input_gradients(arrays.joined(xp, points), [targets[i] for i in images])
+            grads = grads * arrays.joined(xp, deltas)
             for i, first, stop, offset in arrays.segments(block, samples):
                 total[i, ...] = total[i, ...] + arrays.weighted_sum(xp, weights[first:stop], grads[offset : offset + stop - first])
             progress(block.stop / (n * samples), f"{self.title}: {block.stop} of {n * samples} samples")

@@ -109,7 +109,7 @@ class IntegratedGradients(Explainer):
                     path = xp.concat(ends + [middle] + ([x[i : i + 1]] if stop == steps else []))
                 parts.append(path)
                 images += [i] * (stop - first)
-            outputs, grads = calls.input_gradients(parts[0] if len(parts) == 1 else xp.concat(parts), [targets[i] for i in images])
+            outputs, grads = calls.input_gradients(arrays.joined(xp, parts), [targets[i] for i in images])
             for i, first, stop, offset in arrays.segments(block, steps):
                 total[i, ...] = total[i, ...] + arrays.weighted_sum(xp, weights[first:stop], grads[offset : offset + stop - first])
                 if has_ends and first == 0:

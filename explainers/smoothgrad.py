@@ -65,7 +65,7 @@ class SmoothGrad(Explainer):
                     noise = arrays.normal(xp, (stop - first, *shape), seed, first * size, device_of(x))
                 parts.append(x[i : i + 1] + sigma[i] * noise)
                 images += [i] * (stop - first)
-            noisy = parts[0] if len(parts) == 1 else xp.concat(parts)
+            noisy = arrays.joined(xp, parts)
             _, grads = calls.input_gradients(noisy, [targets[i] for i in images])
             if params["abs"]:
                 grads = xp.abs(grads)

@@ -169,6 +169,11 @@ def keep_stopped(model: session.LoadedModel, work: session.Plan, comparison: Com
     return line + f" The finished maps are kept and saved as partial run {saved.run_id[:12]}… (Runs page)."
 
 
+def line_prefix(model: session.LoadedModel) -> str:
+    """What starts a progress or stop line: the model's name where one run covers several models."""
+    return f"{model.name}: " if len(models) > 1 else ""
+
+
 def store_or_none() -> sharing.RunStore | None:
     try:
         return sharing.run_store()
@@ -194,7 +199,7 @@ if running:
         current = 0
         try:
             for current, (model, work) in enumerate(zip(models, plans)):
-                prefix = f"{model.name}: " if len(models) > 1 else ""
+                prefix = line_prefix(model)
                 began = time.perf_counter()
                 computed = session.run(
                     ws, model, entries, work, seed,
@@ -213,7 +218,7 @@ if running:
                     except Exception:  # noqa: BLE001 - saved again (and any failure shown) once every model is done
                         log.exception("saving %s's comparison failed", model.name)
         except Cancelled as error:  # stopped before any method of this model finished: nothing to save
-            flight["notice"] = (f"{models[current].name}: " if len(models) > 1 else "") + str(error)
+            flight["notice"] = line_prefix(models[current]) + str(error)
         except WorkbenchError as error:
             st.session_state.pop(IN_FLIGHT, None)
             status.update(label=controls.plain(error), state="error")
@@ -223,7 +228,7 @@ if running:
             status.update(label=f"The run failed ({type(error).__name__}); the details are in the server log.", state="error")
         except BaseException:  # Streamlit interrupted the script at an st call: keep what finished, then let it
             try:
-                flight["notice"] = keep_stopped(models[current], plans[current], None, f"{models[current].name}: " if len(models) > 1 else "", keep)
+                flight["notice"] = keep_stopped(models[current], plans[current], None, line_prefix(models[current]), keep)
             except Exception:  # noqa: BLE001 - the interruption goes on; the next visit says the run stopped
                 log.exception("keeping the maps of an interrupted run failed")
             raise

@@ -67,10 +67,8 @@ def table(at: AppTest):
     return frame
 
 
-@pytest.mark.slow
-def test_evaluate_section_table_curves_mask_saved_and_reopened_without_computing(explain_calls, evaluate_calls):
-    sample = model_zoo.samples()[0]
-    at = ok(AppTest.from_file(APP, default_timeout=TIMEOUT).run())
+def open_explain_with_zoo_model_and_sample(at: AppTest, sample) -> None:
+    """Load shapes-cnn-torch from the zoo, add one zoo sample, open Explain & compare."""
     ok(at.switch_page("pages/models.py").run())
     at.selectbox(key="models_zoo").set_value("shapes-cnn-torch")
     ok(at.button(key="models_zoo_load").click().run())
@@ -78,6 +76,13 @@ def test_evaluate_section_table_curves_mask_saved_and_reopened_without_computing
     at.multiselect(key="images_samples").set_value([sample.name]).run()
     ok(at.button(key="images_add_samples").click().run())
     ok(at.switch_page("pages/explain.py").run())
+
+
+@pytest.mark.slow
+def test_evaluate_section_table_curves_mask_saved_and_reopened_without_computing(explain_calls, evaluate_calls):
+    sample = model_zoo.samples()[0]
+    at = ok(AppTest.from_file(APP, default_timeout=TIMEOUT).run())
+    open_explain_with_zoo_model_and_sample(at, sample)
     assert at.multiselect(key="explain_methods").value == ["gradcam", "integrated_gradients", "shap"]
     ok(at.button(key="explain_run").click().run())
     [code] = at.code
@@ -141,13 +146,7 @@ def test_an_evaluation_comes_back_with_its_workspace_after_a_reload(explain_call
     sample = model_zoo.samples()[0]
     at = ok(AppTest.from_file(APP, default_timeout=TIMEOUT).run())
     workspace_id = at.query_params["ws"]
-    ok(at.switch_page("pages/models.py").run())
-    at.selectbox(key="models_zoo").set_value("shapes-cnn-torch")
-    ok(at.button(key="models_zoo_load").click().run())
-    ok(at.switch_page("pages/images.py").run())
-    at.multiselect(key="images_samples").set_value([sample.name]).run()
-    ok(at.button(key="images_add_samples").click().run())
-    ok(at.switch_page("pages/explain.py").run())
+    open_explain_with_zoo_model_and_sample(at, sample)
     at.multiselect(key="explain_methods").set_value(["gradcam", "saliency"]).run()
     ok(at.button(key="explain_run").click().run())
     at.multiselect(key="explain_metrics").set_value(cheap).run()

@@ -8,7 +8,7 @@ import functools
 import numpy as np
 
 
-def _axis_weights(src: int, dst: int):
+def axis_weights(src: int, dst: int):
     # half-pixel centres, as torch's interpolate(align_corners=False) and tf.image.resize
     scale = src / dst
     pos = np.maximum((np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
@@ -21,7 +21,7 @@ def _axis_weights(src: int, dst: int):
 @functools.lru_cache(maxsize=64)
 def _axis_matrix(src: int, dst: int) -> np.ndarray:
     """[dst, src] interpolation matrix of one axis: two non-zero weights a row (one at the border)."""
-    lo, hi, frac = _axis_weights(src, dst)
+    lo, hi, frac = axis_weights(src, dst)
     matrix = np.zeros((dst, src), dtype=np.float32)
     rows = np.arange(dst)
     np.add.at(matrix, (rows, lo), 1 - frac)

@@ -70,8 +70,7 @@ class TorchAdapter(ModelAdapter):
         self.module = module.eval().to(self._device)
         self._modules = dict(module.named_modules())
 
-    # ------------------------------------------------------------------ conversions
-    # ------------------------------------------------------------------ device arrays
+    # ------------------------------------------------------------------ device arrays and conversions
     @property
     def xp(self):
         import array_api_compat.torch as xp

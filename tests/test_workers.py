@@ -416,9 +416,11 @@ SHAP_IN_A_WORKER = textwrap.dedent(
     np.random.seed(0)
     values = shap.PartitionExplainer(f, masker)(np.random.default_rng(1).random((1, 12, 12, 3)) * 255, max_evals=60,
                                                  batch_size=10, outputs=np.array([1]), silent=True).values
-    hits = sum(sum(getattr(m, n).stats.cache_hits.values()) for m, n in
-               [(sys.modules[a], b) for a, b in warmup.CACHED_KERNELS])
-    print("HITS", hits, "VALUES", repr(np.asarray(values).ravel().tolist()))
+    kernels = [(sys.modules[a], b) for a, b in warmup.CACHED_KERNELS]
+    kernels += [(sys.modules["workbench.shap_kernels"], b) for b in ("_multi_output_identity", "_lower_credit_2d")]
+    hits = sum(sum(getattr(m, n).stats.cache_hits.values()) for m, n in kernels)
+    misses = sum(sum(getattr(m, n).stats.cache_misses.values()) for m, n in kernels)
+    print("HITS", hits, misses, "VALUES", repr(np.asarray(values).ravel().tolist()))
     """
 )
 
@@ -429,15 +431,52 @@ def test_shap_kernels_are_compiled_once_per_data_directory_with_the_same_results
     env = {**os.environ, "WORKBENCH_DATA_DIR": str(tmp_path / "data")}
     env.pop("NUMBA_CACHE_DIR", None)
 
-    def run() -> tuple[int, str]:
+    def run() -> tuple[int, int, str]:
         result = subprocess.run([sys.executable, "-c", SHAP_IN_A_WORKER.format(root=str(ROOT))], env=env,
                                 capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-2000:]
         line = next(x for x in result.stdout.splitlines() if x.startswith("HITS"))
-        return int(line.split()[1]), line.split(" VALUES ")[1]
+        return int(line.split()[1]), int(line.split()[2]), line.split(" VALUES ")[1]
 
-    first_hits, first = run()
-    assert first_hits == 0 and (tmp_path / "data" / "numba-cache").is_dir(), "the first worker compiles and keeps the code"
-    second_hits, second = run()
-    assert second_hits == len(__import__("workbench.warmup").warmup.CACHED_KERNELS), "the next one loads it"
+    first_hits, first_misses, first = run()
+    assert first_hits == 0 and first_misses >= 5, "the first worker compiles all five kernels"
+    assert (tmp_path / "data" / "numba-cache").is_dir(), "... and keeps the code"
+    second_hits, second_misses, second = run()
+    assert second_misses == 0 and second_hits == first_misses, "the next one loads every kernel and compiles none"
     assert second == first, "the same SHAP values from the cached kernels"
+
+
+def test_a_taken_spare_is_replaced_once_idle_not_at_the_next_page_run(monkeypatch):
+    """The app calls ensure_spare() on every page run; right after a load took the spare, a new spare
+    (framework imports and shap's compile on the same cores) must wait for replenish(), not start then."""
+    from workbench.workers import process
+
+    class FakeWorker:
+        alive, busy = True, False
+
+        def __init__(self, limits):
+            self.limits = limits
+
+        def close(self):
+            self.alive = False
+
+    monkeypatch.setattr(process, "ModelWorker", FakeWorker)
+    monkeypatch.setattr(process, "SPARE_AFTER_IDLE_S", 0.3)
+    pool = process.WorkerPool()
+    limits = process.Limits.from_settings()
+    pool.ensure_spare(limits)
+    spare = pool.take(limits)
+    assert pool.started == 1 and spare.limits == limits
+    for _ in range(3):  # page runs while the model loads and explains
+        pool.ensure_spare(limits)
+    assert pool.started == 1, "no spare started beside the run that took the last one"
+    pool.replenish(limits)
+    pool.ensure_spare(limits)
+    assert pool.started == 1
+    for _ in range(100):  # bounded: the replenisher starts the next spare once idle
+        if pool.started == 2:
+            break
+        time.sleep(0.05)
+    assert pool.started == 2
+    pool.ensure_spare(limits)
+    assert pool.started == 2, "the replenished spare is the one kept"

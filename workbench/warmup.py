@@ -7,9 +7,12 @@ first SHAP run. Results are unaffected: only compiled code is kept.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -21,9 +24,8 @@ done = threading.Event()
 
 # shap's numba kernels whose compiled code is kept on disk (in NUMBA_CACHE_DIR, which a model worker sets to
 # the data directory's numba-cache): shap does not ask numba to cache them, so enable_caching() does what
-# @njit(cache=True) would. Not the others: _build_fixed_multi_output takes a jitted function as an argument,
-# whose type differs in each process (a cache miss that adds an entry on every start), and lower_credit, recursive
-# over two signatures, crashed the process when loaded back from the cache (numba 0.68).
+# @njit(cache=True) would. The other two (_build_fixed_multi_output, lower_credit) cannot be cached as shap
+# writes them; workbench.shap_kernels has cacheable equivalents, bit for bit.
 CACHED_KERNELS = (
     ("shap.maskers._image", "_jit_build_partition_tree"),
     ("shap.utils._masked_model", "_init_masks"),
@@ -40,6 +42,12 @@ def cache_shap_kernels() -> int:
     if not os.environ.get("NUMBA_CACHE_DIR"):
         return 0
     cached = 0
+    try:
+        from . import shap_kernels
+
+        cached += 2 * shap_kernels.install()
+    except Exception:  # noqa: BLE001 - another shap or numba version: shap's own kernels compile as before
+        log.warning("shap's kernels were not replaced by cacheable ones", exc_info=True)
     for module, name in CACHED_KERNELS:
         try:
             kernel = getattr(importlib.import_module(module), name)
@@ -51,14 +59,35 @@ def cache_shap_kernels() -> int:
     return cached
 
 
+@contextlib.contextmanager
+def _compile_lock():
+    """One process at a time compiles into NUMBA_CACHE_DIR; the others then load what it kept (two workers
+    warming up at once on a new data directory would each compile, competing for the same cores)."""
+    cache = os.environ.get("NUMBA_CACHE_DIR")
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: each process compiles for itself
+        fcntl = None
+    if not cache or fcntl is None:
+        yield
+        return
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    with open(Path(cache) / ".compile.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def warm_up_shap() -> None:
     import shap
 
-    cache_shap_kernels()
-
-    masker = shap.maskers.Image("blur(8,8)", (16, 16, 3))
-    explainer = shap.PartitionExplainer(lambda z: z.reshape(len(z), -1)[:, :2].astype(np.float32), masker)
-    explainer(np.random.default_rng(0).random((1, 16, 16, 3)) * 255, max_evals=40, batch_size=20, outputs=np.array([0]), silent=True)
+    with _compile_lock():
+        cache_shap_kernels()
+        masker = shap.maskers.Image("blur(8,8)", (16, 16, 3))
+        explainer = shap.PartitionExplainer(lambda z: z.reshape(len(z), -1)[:, :2].astype(np.float32), masker)
+        explainer(np.random.default_rng(0).random((1, 16, 16, 3)) * 255, max_evals=40, batch_size=20, outputs=np.array([0]), silent=True)
 
 
 def _run() -> None:
@@ -99,3 +128,4 @@ def start_background_warm_up() -> threading.Thread:
             _thread = threading.Thread(target=_run, name="workbench-warm-up", daemon=True)
             _thread.start()
         return _thread
+

@@ -385,29 +385,41 @@ class WorkerPool:
         self.started = 0
         self.keep_spare = False  # a server keeps a warm spare; a one-shot CLI does not
         self._replenishing = False
+        self._replacing = False  # a spare was handed out: replenish() starts the next one, not ensure_spare()
 
     def _new(self, limits: Limits) -> ModelWorker:
         self.started += 1
         return ModelWorker(limits)
 
     def ensure_spare(self, limits: Limits | None = None) -> None:
-        """Start the spare worker if there is none (cheap: the imports happen in the new process)."""
+        """Start the spare worker if there is none (cheap: the imports happen in the new process).
+
+        Every page run of the app calls this. Right after a load took the spare it does nothing: the
+        next spare is :meth:`replenish`'s to start, once the machine is idle (a spare started at the
+        next page run, importing the frameworks and compiling shap's kernels on the same cores, made a
+        fresh server's first Quick start 3-4 s slower)."""
         limits = limits or Limits.from_settings()
         with self._lock:
             self.keep_spare = True
-            if self._spare is None or not self._spare.alive or self._spare.limits != limits:
-                if self._spare is not None:
-                    self._spare.close()
-                self._spare = self._new(limits)
+            if not self._replacing:
+                self._start_spare(limits)
+
+    def _start_spare(self, limits: Limits) -> None:
+        """(Under the lock.) A live spare with these limits, started if needed."""
+        if self._spare is None or not self._spare.alive or self._spare.limits != limits:
+            if self._spare is not None:
+                self._spare.close()
+            self._spare = self._new(limits)
 
     def replenish(self, limits: Limits) -> None:
         """After a spare was taken: start the next one, where this process keeps spares, once no model call has
         been in flight for :data:`SPARE_AFTER_IDLE_S` (its start-up, seconds of CPU for the framework imports
         and shap's kernels, would otherwise compete with the run that took the spare; on two cores it doubled
         a fresh server's first Quick start)."""
-        if not self.keep_spare:
-            return
         with self._lock:
+            if not self.keep_spare:
+                self._replacing = False
+                return
             if self._replenishing:
                 return
             self._replenishing = True
@@ -422,12 +434,13 @@ class WorkerPool:
                     elif time.monotonic() - quiet_since >= SPARE_AFTER_IDLE_S:
                         break
                     time.sleep(0.25)
-                self.ensure_spare(limits)
+                with self._lock:
+                    self._start_spare(limits)
             except Exception:  # noqa: BLE001 - the next load starts a worker of its own instead
                 log.exception("starting the spare model worker failed")
             finally:
                 with self._lock:
-                    self._replenishing = False
+                    self._replenishing = self._replacing = False
 
         threading.Thread(target=when_idle, name="workbench-spare-worker", daemon=True).start()
 
@@ -440,6 +453,7 @@ class WorkerPool:
         """A worker for a new model: the spare when it fits these limits, else a new one."""
         with self._lock:
             spare, self._spare = self._spare, None
+            self._replacing = self.keep_spare  # until replenish() has started the next one
         if spare is not None and spare.alive and spare.limits == limits:
             return spare
         if spare is not None:

@@ -23,6 +23,11 @@ class Preset:
     offset: tuple[float, ...]
     flip_rgb: bool = False
 
+    @property
+    def is_identity(self) -> bool:
+        """Model input = the pixels in [0, 1] (``apply`` only copies)."""
+        return not self.flip_rgb and all(v == 1.0 for v in self.scale) and all(v == 0.0 for v in self.offset)
+
     def apply(self, unit: np.ndarray) -> np.ndarray:
         """[0,1] RGB NHWC (or HWC) -> model input, float32."""
         x = np.asarray(unit, dtype=np.float32)

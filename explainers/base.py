@@ -336,9 +336,9 @@ class Explainer:
         labels = adapter.labels
         results = []
         for i, part in enumerate(partials):
-            total = float(np.sum(part.channels if part.channels is not None else part.map, dtype=np.float64))
             gap = ratio = None
             if part.reference_score is not None and self.has_completeness:
+                total = float(np.sum(part.channels if part.channels is not None else part.map, dtype=np.float64))
                 delta = part.target_score - part.reference_score
                 gap = abs(total - delta)
                 ratio = gap / abs(delta) if abs(delta) > 0 else None

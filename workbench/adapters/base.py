@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import copy
 import dataclasses
+import functools
 import threading
 from typing import Sequence
 
@@ -255,6 +256,7 @@ def moments(
     )
 
 
+@functools.lru_cache(maxsize=16)
 def default_labels(num_classes: int) -> tuple[str, ...]:
     return tuple(f"class {k}" for k in range(num_classes))
 

@@ -129,7 +129,6 @@ REDUCTIONS = {
     ("resnet50", 1): {
         "scorecam": {"layer": "layer1.2.relu2"},
         "integrated_gradients": {"steps": 16},
-        "expected_gradients": {"samples": 32},
         "occlusion": {"window": 56, "stride": 28},
         "shap": {"max_evals": 100},
     },

@@ -24,13 +24,18 @@ def _int32(value: int) -> int:
 _M1, _M2, _WEYL = _int32(0x85EBCA6B), _int32(0xC2B2AE35), _int32(0x9E3779B1)
 
 
+# The steps below work in place on arrays they made themselves: a temporary of a few MB per step
+# (a new allocation, page faults and a free) cost as much as the arithmetic on a CPU.
 def _mix(xp, x):
-    """murmur3's 32-bit finaliser on int32 (wrapping multiplies, logical shifts): the same bits in every namespace."""
-    x = x ^ ((x >> 16) & 0xFFFF)
-    x = x * _M1
-    x = x ^ ((x >> 13) & 0x7FFFF)
-    x = x * _M2
-    return x ^ ((x >> 16) & 0xFFFF)
+    """murmur3's 32-bit finaliser on int32 (wrapping multiplies, logical shifts): the same bits in every
+    namespace. Overwrites ``x`` (an array of the caller's own) and returns it."""
+    for shift, mask, multiplier in ((16, 0xFFFF, _M1), (13, 0x7FFFF, _M2), (16, 0xFFFF, None)):
+        t = x >> shift
+        t &= mask
+        x ^= t
+        if multiplier is not None:
+            x *= multiplier
+    return x
 
 
 def _uniform(xp, counters, seed: int):
@@ -38,8 +43,15 @@ def _uniform(xp, counters, seed: int):
     finaliser on a Weyl step), so a value depends on its counter only, never on how the draws are
     chunked, and torch on any device and numpy give the same numbers for the same seed."""
     key = _int32(int(seed) * 0x9E3779B9 + 0x7F4A7C15)
-    x = _mix(xp, counters * _WEYL + key)
-    return (xp.astype((x >> 8) & 0xFFFFFF, xp.float32) + 0.5) * (1.0 / 2**24)
+    x = counters * _WEYL
+    x += key
+    x = _mix(xp, x)
+    x >>= 8
+    x &= 0xFFFFFF
+    u = xp.astype(x, xp.float32)
+    u += 0.5
+    u *= 1.0 / 2**24
+    return u
 
 
 def normal(xp, shape: tuple[int, ...], seed: int, first: int, device):
@@ -51,19 +63,40 @@ def normal(xp, shape: tuple[int, ...], seed: int, first: int, device):
         raise ValueError("SmoothGrad noise: more than 2**30 draws per image")
     lo, hi = int(first) // 2, (int(first) + n - 1) // 2 + 1
     pairs = xp.arange(lo, hi, dtype=xp.int32, device=device)
-    u1 = _uniform(xp, 2 * pairs, seed)
-    u2 = _uniform(xp, 2 * pairs + 1, seed)
-    radius = xp.sqrt(-2.0 * xp.log(u1))
-    angle = np.float32(2 * math.pi) * u2
-    both = xp.reshape(xp.stack([radius * xp.cos(angle), radius * xp.sin(angle)], axis=1), (2 * (hi - lo),))
+    pairs *= 2
+    log_u1 = xp.log(_uniform(xp, pairs, seed))
+    pairs += 1
+    angle = _uniform(xp, pairs, seed)
+    log_u1 *= -2.0
+    radius = xp.sqrt(log_u1)
+    angle *= np.float32(2 * math.pi)
+    cos, sin = xp.cos(angle), xp.sin(angle)
+    cos *= radius
+    sin *= radius
+    both = xp.reshape(xp.stack([cos, sin], axis=1), (2 * (hi - lo),))
     skip = int(first) % 2
     return xp.reshape(both[skip : skip + n], shape)
 
 
 def weighted_sum(xp, weights, stack):
-    """``sum_k weights[k] * stack[k]`` over the first axis, on the stack's device, in float32."""
-    w = xp.reshape(xp.astype(weights, stack.dtype), (stack.shape[0],) + (1,) * (stack.ndim - 1))
-    return xp.sum(w * stack, axis=0)
+    """``sum_k weights[k] * stack[k]`` over the first axis, on the stack's device, in float32.
+
+    Accumulated one row at a time, in place: for a stack of gradients that is an NHWC view of NCHW
+    memory (a torch model's), ``sum(w * stack, axis=0)`` took 4 ms for 25 rows at 224 px on this
+    CPU and this 0.4 ms (numpy: 0.6 vs 1.0 ms)."""
+    w = xp.astype(weights, stack.dtype)
+    total = w[0] * stack[0]
+    for k in range(1, stack.shape[0]):
+        total += w[k] * stack[k]
+    return total
+
+
+def row_sum(xp, stack):
+    """``sum_k stack[k]`` over the first axis, one row at a time in place (see :func:`weighted_sum`)."""
+    total = stack[0] + 0.0  # a copy of the first row, which the loop then adds to
+    for k in range(1, stack.shape[0]):
+        total += stack[k]
+    return total
 
 
 def as_weights(xp, values, like):

@@ -101,7 +101,8 @@ class IntegratedGradients(Explainer):
         for block in calls.blocks(n * steps):
             parts, images = [], []
             for i, first, stop, _ in arrays.segments(block, steps):
-                path = bases[i : i + 1] + alphas[first:stop, None, None, None] * deltas[i : i + 1]
+                path = alphas[first:stop, None, None, None] * deltas[i : i + 1]
+                path += bases[i : i + 1]  # in place: the same numbers as base + alpha * delta, one temporary fewer
                 # the trapezoid's ends are exactly the baseline and the image, not base + 1.0 * (x - base)
                 if has_ends and (first == 0 or stop == steps):
                     ends = [bases[i : i + 1]] if first == 0 else []

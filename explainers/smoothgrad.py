@@ -60,17 +60,19 @@ class SmoothGrad(Explainer):
             parts, images = [], []
             for i, first, stop, _ in arrays.segments(block, samples):
                 if shared is not None:
-                    noise = shared[first:stop]
-                else:
+                    parts.append(x[i : i + 1] + sigma[i] * shared[first:stop])
+                else:  # a draw of its own: scaled and shifted in place (the same numbers, no temporaries)
                     noise = arrays.normal(xp, (stop - first, *shape), seed, first * size, device_of(x))
-                parts.append(x[i : i + 1] + sigma[i] * noise)
+                    noise *= sigma[i]
+                    noise += x[i : i + 1]
+                    parts.append(noise)
                 images += [i] * (stop - first)
             noisy = arrays.joined(xp, parts)
             _, grads = calls.input_gradients(noisy, [targets[i] for i in images])
             if params["abs"]:
                 grads = xp.abs(grads)
             for i, first, stop, offset in arrays.segments(block, samples):
-                total[i, ...] = total[i, ...] + xp.sum(grads[offset : offset + stop - first], axis=0)
+                total[i, ...] = total[i, ...] + arrays.row_sum(xp, grads[offset : offset + stop - first])
             progress(block.stop / (n * samples), f"{self.title}: {block.stop} of {n * samples} noisy copies")
         mean = total / samples
         maps = xp.sum(mean, axis=-1)

@@ -247,7 +247,7 @@ class KerasAdapter(ModelAdapter):
     def input_gradients(self, batch, targets):
         with self.lock, tf.device(self._device):
             out, grad = self._function("gradients")(self._to_tensor(batch), self._targets(targets))
-        return np.asarray(out, dtype=np.float32), self._from_input_layout(grad).astype(np.float32)
+        return np.asarray(out, dtype=np.float32), self._from_input_layout(grad).astype(np.float32, copy=False)
 
     def layer_gradients(self, batch, layer, targets):
         captured = {}

@@ -95,3 +95,35 @@ def test_one_output_values_get_the_same_credit(shaps_own_kernels):
 def test_both_keep_their_compiled_code_on_disk():
     for kernel in (shap_kernels._multi_output_identity, shap_kernels._lower_credit_2d):
         assert type(kernel._cache).__name__ != "NullCache"
+
+
+def test_workers_take_turns_compiling_and_a_cache_that_cannot_be_made_is_no_lock(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from workbench import warmup
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "cache"))
+    order, entered = [], threading.Event()
+
+    def first():
+        with warmup._compile_lock():
+            entered.set()
+            time.sleep(0.3)
+            order.append("first done")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert entered.wait(10)
+    with warmup._compile_lock():  # waits for the first to finish
+        order.append("second in")
+    thread.join(10)
+    assert order == ["first done", "second in"]
+    assert (tmp_path / "cache" / ".compile.lock").is_file()
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(blocked / "cache"))  # below a file: cannot be made
+    with warmup._compile_lock():
+        order.append("unlocked")
+    assert order[-1] == "unlocked"

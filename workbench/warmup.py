@@ -68,11 +68,17 @@ def _compile_lock():
         import fcntl
     except ImportError:  # not a POSIX system: each process compiles for itself
         fcntl = None
-    if not cache or fcntl is None:
+    handle = None
+    if cache and fcntl is not None:
+        try:
+            Path(cache).mkdir(parents=True, exist_ok=True)
+            handle = open(Path(cache) / ".compile.lock", "a+")  # noqa: SIM115 - closed below
+        except OSError:  # a read-only data directory: numba compiles without keeping the code, unlocked
+            handle = None
+    if handle is None:
         yield
         return
-    Path(cache).mkdir(parents=True, exist_ok=True)
-    with open(Path(cache) / ".compile.lock", "a+") as handle:
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

@@ -37,7 +37,6 @@ def cache_shap_kernels() -> int:
     """Keep the compiled code of :data:`CACHED_KERNELS` on disk where NUMBA_CACHE_DIR is set -> how many.
     Call before their first use; a kernel that cannot be cached compiles as before."""
     import importlib
-    import os
 
     if not os.environ.get("NUMBA_CACHE_DIR"):
         return 0
@@ -134,4 +133,3 @@ def start_background_warm_up() -> threading.Thread:
             _thread = threading.Thread(target=_run, name="workbench-warm-up", daemon=True)
             _thread.start()
         return _thread
-
